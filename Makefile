@@ -1,0 +1,41 @@
+# The command vocabulary of tlops, for people, hooks and CI.
+SHELL := /bin/bash
+UV ?= uv
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRA ?= cpu
+CONFIG ?= configs/demo.yaml
+MLFLOW_PORT ?= 5000
+
+.PHONY: setup demo test check format bench ui clean
+
+setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
+	$(UV) sync --frozen --extra $(EXTRA)
+
+demo: setup  ## the main job on the embedded default, offline
+	$(BIN)/tlops sample --out data --if-missing
+	$(BIN)/dvc add data
+	$(BIN)/dvc push
+	$(BIN)/tlops validate $(CONFIG)
+
+test: setup  ## the whole test suite (unit + flows with real services)
+	$(BIN)/pytest -q
+
+check: setup  ## ruff (lint + format) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup  ## benchmarks that print JSON
+	$(BIN)/python bench/validate.py
+
+ui:  ## the MLflow UI for the local store, on 127.0.0.1
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db \
+		--default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean:
+	rm -rf .tlops .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,140 @@
+"""The ``tlops`` command line.
+
+Exit codes (design section 7): 0 success, 2 bad config or usage, 3 data contract failed,
+4 gate rejected the candidate, 5 an external service failed, 1 a bug.
+Heavy imports (Prefect, DVC, GX) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from tlops.config import RunConfig, load_config
+from tlops.errors import ServiceError, TlopsError
+
+app = typer.Typer(
+    name="tlops",
+    help="Transfer learning of image classifiers as an orchestrated MLOps workflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+
+ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML), e.g. configs/demo.yaml")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config value: --set data.image_size=96 (repeatable)"),
+]
+RevOpt = Annotated[
+    str | None, typer.Option("--data-rev", help="git revision of data.dvc (default: working tree)")
+]
+DirtyOpt = Annotated[
+    bool,
+    typer.Option("--allow-dirty", help="accept data that differs from data.dvc (lineage: dirty)"),
+]
+
+
+def _fail(exc: TlopsError) -> typer.Exit:
+    """Print a one-line cause to stderr and turn it into the exit code of its kind."""
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run a command body, mapping expected failures to their exit codes."""
+    import httpx
+
+    try:
+        return action()
+    except TlopsError as exc:
+        raise _fail(exc) from None
+    except httpx.HTTPError as exc:
+        raise _fail(ServiceError(f"Prefect API unreachable or failing: {exc}")) from None
+
+
+def _publish_summary(markdown: str) -> None:
+    """Print a run summary and append it to ``$GITHUB_STEP_SUMMARY`` when set."""
+    typer.echo(markdown)
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with Path(target).open("a", encoding="utf-8") as handle:
+            handle.write(markdown + "\n")
+
+
+def _load(
+    config: Path, overrides: list[str] | None, data_rev: str | None, dirty: bool
+) -> RunConfig:
+    """Load a config file with overrides; ``--data-rev`` and ``--allow-dirty`` are overrides."""
+    extra = list(overrides or [])
+    if data_rev is not None:
+        extra.append(f"data.rev={json.dumps(data_rev)}")
+    if dirty:
+        extra.append("data.allow_dirty=true")
+    return load_config(config, extra)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the run config."""
+    from tlops.config import config_schema
+
+    typer.echo(json.dumps(config_schema(), indent=2))
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="folder to write (tracked by DVC as data/)")] = Path(
+        "data"
+    ),
+    force: Annotated[bool, typer.Option(help="replace a non-empty folder")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="do nothing when the folder already exists")
+    ] = False,
+) -> None:
+    """Write the embedded sample dataset (offline, deterministic) into OUT."""
+    from tlops.sample import write_sample
+
+    if if_missing and out.exists():
+        typer.echo(f"{out} exists; leaving it as it is")
+        return
+    try:
+        summary = write_sample(out, force=force)
+    except FileExistsError as exc:
+        raise _fail(TlopsError(f"{exc} (use --force to replace it)")) from None
+    parts = ", ".join(f"{part} {sum(s.values())}" for part, s in summary.parts.items())
+    typer.echo(f"wrote {summary.nfiles} images to {summary.root} ({parts})")
+
+
+@app.command()
+def validate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    data_rev: RevOpt = None,
+    allow_dirty: DirtyOpt = False,
+) -> None:
+    """Resolve the data version, scan it, and run the data contract (exit 3 if it fails)."""
+
+    def body() -> None:
+        from flows.validate import validate_flow
+
+        outcome = validate_flow(_load(config, set_, data_rev, allow_dirty))
+        _publish_summary(outcome.summary())
+
+    _guard(body)
+
+
+def main() -> None:
+    """Entry point of the ``tlops`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

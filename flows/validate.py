@@ -1,0 +1,25 @@
+"""The validate flow: resolve data, build the manifest, run the data contract."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from tasks.data import resolve_data_task
+from tasks.validate import build_manifest_task, check_contract_task
+from tlops.config import RunConfig
+from tlops.errors import ContractFailedError
+from tlops.paths import run_dir
+from tlops.validation import ValidationOutcome
+
+
+@flow(name="tlops-validate")
+def validate_flow(config: RunConfig) -> ValidationOutcome:
+    """Stages 1-3 of the train flow; raises :class:`ContractFailedError` on a failed contract."""
+    out_dir = str(run_dir(str(flow_run.get_id() or "local")))
+    version = resolve_data_task(config.data)
+    info = build_manifest_task(version, config.split, out_dir)
+    verdict = check_contract_task(info, config.contract, version, out_dir)
+    if not verdict.success:
+        raise ContractFailedError(f"{verdict.message} (report: {verdict.report_path})")
+    return ValidationOutcome(data=version, manifest=info, verdict=verdict)

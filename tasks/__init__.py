@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers, one module per stage, each calling into :mod:`tlops`."""

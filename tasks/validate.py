@@ -1,0 +1,43 @@
+"""Stages 2 and 3: scan the images into a manifest, split, and run the GX data contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tlops.config import ContractConfig, SplitConfig
+from tlops.dataversion import DataVersion
+from tlops.validation import ContractVerdict, ManifestInfo, build_manifest, check_contract
+
+
+@task(name="build-manifest", cache_policy=NO_CACHE)
+def build_manifest_task(version: DataVersion, split: SplitConfig, out_dir: str) -> ManifestInfo:
+    """Scan the dataset's images into a manifest, splitting by sha256 if it has no splits."""
+    info = build_manifest(version.images_root, split, Path(out_dir))
+    get_run_logger().info(
+        "manifest: %d files, classes %s, splits %s (from %s)",
+        info.nfiles, info.classes, info.per_split, info.split_source,
+    )  # fmt: skip
+    return info
+
+
+@task(name="check-contract", cache_policy=NO_CACHE)
+def check_contract_task(
+    info: ManifestInfo, config: ContractConfig, version: DataVersion, out_dir: str
+) -> ContractVerdict:
+    """Run the data contract; publish its report as a Prefect artifact."""
+    facts = {"data md5": version.md5, "git rev": version.rev, "dirty": str(version.dirty)}
+    verdict = check_contract(info, config, Path(out_dir), facts)
+    create_markdown_artifact(
+        markdown=verdict.markdown,
+        key="data-contract",
+        description=verdict.message[:500],
+    )
+    log = get_run_logger()
+    (log.info if verdict.success else log.error)(
+        "%s (report: %s)", verdict.message, verdict.report_path
+    )
+    return verdict

@@ -1,0 +1,256 @@
+"""The run configuration: one frozen pydantic tree, filled from YAML plus dotted overrides.
+
+Environment-specific values (tracking URI, Prefect API URL, remote credentials) never live here:
+they come from the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlops.errors import ConfigError
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+ImageFormat = Literal["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"]
+
+#: Pillow modes that the input pipeline can turn into 8-bit RGB.
+CONVERTIBLE_MODES: frozenset[str] = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
+     "HSV", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+)  # fmt: skip
+
+
+def _default_formats() -> list[ImageFormat]:
+    """PNG and JPEG."""
+    return ["PNG", "JPEG"]
+
+
+def _default_min_per_class() -> dict[Split, int]:
+    """Five training images per class, one in val and test."""
+    return {"train": 5, "val": 1, "test": 1}
+
+
+class _Section(BaseModel):
+    """Base of every config section: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where the dataset comes from: a DVC pointer in a git repo, at a revision."""
+
+    repo: Path = Field(Path(), description="git + DVC repository holding the pointer (from cwd)")
+    dvc_file: str = Field("data.dvc", description="DVC pointer of the dataset, relative to repo")
+    subdir: str = Field("", description="folder inside the tracked directory to use, e.g. target")
+    rev: str | None = Field(None, description="git revision of the pointer; null = working tree")
+    allow_dirty: bool = Field(
+        False, description="accept a working tree whose data does not match the pointer"
+    )
+    image_size: int = Field(32, ge=16, le=1024, description="side of the square model input")
+
+    @field_validator("subdir")
+    @classmethod
+    def _relative_subdir(cls, value: str) -> str:
+        """Refuse absolute paths and ``..`` so the subdir stays inside the dataset."""
+        if value.startswith("/") or ".." in Path(value).parts:
+            raise ValueError("must be a relative path inside the dataset, without '..'")
+        return value.strip("/")
+
+
+class SplitConfig(_Section):
+    """How to split a dataset that has no train/val/test folders of its own."""
+
+    val_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> SplitConfig:
+        """Keep at least half of the images for training."""
+        if self.val_fraction + self.test_fraction > 0.5:
+            raise ValueError("val_fraction + test_fraction must be at most 0.5")
+        return self
+
+
+class ContractConfig(_Section):
+    """Limits of the image data contract checked by Great Expectations."""
+
+    formats: list[ImageFormat] = Field(default_factory=_default_formats, min_length=1)
+    min_width: int = Field(16, ge=1)
+    min_height: int = Field(16, ge=1)
+    allowed_channels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1)
+    mode_policy: Literal["convert", "reject"] = Field(
+        "convert",
+        description="convert: any mode Pillow can turn into RGB passes; reject: only allowed_modes",
+    )
+    allowed_modes: list[str] = Field(default_factory=lambda: ["RGB", "L"], min_length=1)
+    classes: list[str] | None = Field(None, description="the exact class set; null = as found")
+    min_classes: int = Field(2, ge=2)
+    min_images_per_class: dict[Split, int] = Field(
+        default_factory=_default_min_per_class,
+        description="minimum images of every class in each split",
+    )
+    max_imbalance: float = Field(
+        10.0, ge=1.0, description="largest / smallest class count allowed within a split"
+    )
+
+    @field_validator("allowed_channels")
+    @classmethod
+    def _channels_in_range(cls, value: list[int]) -> list[int]:
+        """Channel counts are 1 to 4."""
+        bad = [c for c in value if not 1 <= c <= 4]
+        if bad:
+            raise ValueError(f"channel counts must be between 1 and 4, got {bad}")
+        return value
+
+    @field_validator("allowed_modes")
+    @classmethod
+    def _known_modes(cls, value: list[str]) -> list[str]:
+        """Only Pillow modes the pipeline can convert."""
+        bad = sorted(set(value) - CONVERTIBLE_MODES)
+        if bad:
+            raise ValueError(f"unknown image modes {bad}; known: {sorted(CONVERTIBLE_MODES)}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        """A configured class set has at least two distinct, non-empty names."""
+        if value is None:
+            return value
+        if len(set(value)) != len(value) or any(not c or "/" in c for c in value):
+            raise ValueError("classes must be distinct, non-empty folder names")
+        if len(value) < 2:
+            raise ValueError("at least two classes are needed")
+        return value
+
+    @field_validator("min_images_per_class")
+    @classmethod
+    def _non_negative(cls, value: dict[Split, int]) -> dict[Split, int]:
+        """Counts are not negative."""
+        if any(v < 0 for v in value.values()):
+            raise ValueError("minimum counts must be >= 0")
+        return value
+
+
+class RunConfig(_Section):
+    """One run of a tlops flow: the whole, validated configuration."""
+
+    name: str = Field(
+        "tlops", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="model / run name"
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    contract: ContractConfig = Field(default_factory=ContractConfig)
+
+    def flat(self) -> dict[str, str]:
+        """The resolved config as dotted keys and string values (for MLflow params)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested dict into ``{"a.b": "value"}``; lists and nulls become JSON."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. data.rev=v1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    return [k.strip() for k in keys], value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with each dotted ``KEY=VALUE`` override set."""
+    result: dict[str, Any] = json.loads(json.dumps(tree, default=str))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: i + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming the first bad field and why (and how many more there are)."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def build_config(tree: dict[str, Any], source: str) -> RunConfig:
+    """Validate a config tree; errors become :class:`ConfigError` naming the field."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load ``path`` (or the defaults when None), apply overrides and validate."""
+    tree = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides:
+        tree = apply_overrides(tree, overrides)
+        source += " with --set " + " ".join(overrides)
+    return build_config(tree, source)
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`RunConfig`."""
+    return RunConfig.model_json_schema()
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (what a run logs as its artifact)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Stages 2 and 3 of the train flow as two domain steps that read and write files.
+
+``build_manifest`` scans a dataset, assigns splits when it has no split folders, and writes the
+manifest and class counts; ``check_contract`` runs the GX contract on them and writes the
+report. Both return small pydantic values, which is what Prefect tasks pass around.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from tlops.config import ContractConfig, SplitConfig
+from tlops.contract import ContractResult, render_markdown, run_contract
+from tlops.dataversion import DataVersion
+from tlops.manifest import class_counts, manifest_digest, scan
+from tlops.split import assign_splits
+
+
+class ManifestInfo(BaseModel):
+    """Where the manifest was written and what it holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest_path: str
+    manifest_csv: str
+    counts_path: str
+    nfiles: int
+    digest: str
+    split_source: str  # "folders" or "sha256"
+    classes: list[str]
+    per_split: dict[str, int]
+
+
+class ContractVerdict(BaseModel):
+    """The contract's verdict and where its reports are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    success: bool
+    message: str
+    failed_rules: list[str]
+    report_path: str
+    json_path: str
+    markdown: str
+
+
+def build_manifest(images_root: Path, split: SplitConfig, out_dir: Path) -> ManifestInfo:
+    """Scan ``images_root`` into ``out_dir/manifest.{parquet,csv}`` and ``class_counts.parquet``.
+
+    1. scan the files in parallel;
+    2. assign splits by sha256 when the folder has none of its own;
+    3. count images per split and class (empty class folders count as zero).
+    """
+    manifest, layout = scan(images_root)
+    split_source = "folders" if layout.split_folders else "sha256"
+    if not layout.split_folders:
+        manifest = assign_splits(manifest, split)
+    counts = class_counts(manifest, layout)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "manifest_path": out_dir / "manifest.parquet",
+        "manifest_csv": out_dir / "manifest.csv",
+        "counts_path": out_dir / "class_counts.parquet",
+    }
+    manifest.to_parquet(paths["manifest_path"], index=False)
+    manifest.to_csv(paths["manifest_csv"], index=False)
+    counts.to_parquet(paths["counts_path"], index=False)
+    return ManifestInfo(
+        **{k: str(v) for k, v in paths.items()},
+        nfiles=len(manifest),
+        digest=manifest_digest(manifest),
+        split_source=split_source,
+        classes=sorted(counts["label"].unique().tolist()),
+        per_split={str(k): int(v) for k, v in manifest["split"].value_counts().items()},
+    )
+
+
+def check_contract(
+    info: ManifestInfo, config: ContractConfig, out_dir: Path, facts: dict[str, str]
+) -> ContractVerdict:
+    """Run the GX contract on a written manifest; write ``contract.md`` and ``contract.json``."""
+    manifest = pd.read_parquet(info.manifest_path)
+    counts = pd.read_parquet(info.counts_path)
+    result: ContractResult = run_contract(manifest, counts, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "contract.md"
+    as_json = out_dir / "contract.json"
+    facts = {**facts, "files": str(info.nfiles), "classes": ", ".join(info.classes)}
+    markdown = render_markdown(result, "Image data contract", facts)
+    report.write_text(markdown, encoding="utf-8")
+    as_json.write_text(result.to_json(), encoding="utf-8")
+    return ContractVerdict(
+        success=result.success,
+        message=result.message(),
+        failed_rules=[r.rule for r in result.failed],
+        report_path=str(report),
+        json_path=str(as_json),
+        markdown=markdown,
+    )
+
+
+class ValidationOutcome(BaseModel):
+    """What the validate flow returns: the data version, the manifest and the verdict."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: DataVersion
+    manifest: ManifestInfo
+    verdict: ContractVerdict
+
+    def summary(self) -> str:
+        """A short Markdown summary for the console and CI."""
+        d, m = self.data, self.manifest
+        status = "passed" if self.verdict.success else "FAILED"
+        return "\n".join(
+            [
+                f"### tlops validate: data contract {status}",
+                f"- data: `{d.dvc_file}` md5 `{d.md5}` rev `{d.rev[:12]}`"
+                + (" **dirty**" if d.dirty else ""),
+                f"- files: {m.nfiles} ({', '.join(f'{k} {v}' for k, v in m.per_split.items())}),"
+                f" splits from {m.split_source}, classes: {', '.join(m.classes)}",
+                f"- remote: {d.remote_url or 'none'}",
+                f"- report: {self.verdict.report_path}",
+            ]
+        )
