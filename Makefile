@@ -1,6 +1,7 @@
 # The command vocabulary of tlops, for people, hooks and CI.
 SHELL := /bin/bash
-UV ?= uv
+UV_VERSION := 0.13.8
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRA ?= cpu
@@ -10,6 +11,8 @@ MLFLOW_PORT ?= 5000
 .PHONY: setup demo test check format bench ui clean
 
 setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --extra $(EXTRA)
 
 demo: setup  ## the main job on the embedded default, offline

@@ -157,15 +157,6 @@ def _worktree_rev(repo: Path, dvc_file: str) -> str:
         return WORKTREE
 
 
-def _worktree_changes(repo: Path, dvc_file: str) -> dict[str, Any]:
-    """DVC's own status of the pointer against the working tree ({} when they match)."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        status: dict[str, Any] = dvc_repo.status(targets=[str(repo / dvc_file)])
-    return status
-
-
 def _copy_tree(source: Path, dest: Path) -> None:
     """Copy a folder of regular files (symlinks followed, as DVC hashes them)."""
     shutil.copytree(source, dest, symlinks=False, ignore=shutil.ignore_patterns(".dvc"))
@@ -218,15 +209,15 @@ def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVers
         source = repo / data_path
         if not source.is_dir():
             raise DataError(f"{source}: data folder missing; run `dvc pull` (or `tlops sample`)")
-        changes = _worktree_changes(repo, config.dvc_file)
-        if changes:
+        found = dir_md5(source)[0]
+        if found != md5:
             if not config.allow_dirty:
                 raise DataError(
-                    f"{source} does not match {config.dvc_file} ({json.dumps(changes)}); "
+                    f"{source} does not match {config.dvc_file} (md5 {found}, pointer {md5}); "
                     "run `dvc add` to record it, `dvc checkout` to restore it, "
                     "or set data.allow_dirty=true"
                 )
-            md5, dirty = dir_md5(source)[0], True
+            md5, dirty = found, True
         path = _materialize(cache, md5, lambda dest: _copy_tree(source, dest))
     else:
         path = _materialize(cache, md5, lambda dest: _fetch_rev(repo, rev, data_path, dest))

@@ -127,6 +127,7 @@ def _decode(data: bytes) -> dict[str, Any]:
     """Fully decode an image in memory; report its format, mode, size and channel count."""
     if not data:
         return {"decodable": False, "error": "empty file (0 bytes)"}
+    fmt: str | None = None  # Image.open itself may raise (e.g. DecompressionBombError)
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, mode, (width, height) = img.format, img.mode, img.size
@@ -163,7 +164,8 @@ def class_counts(manifest: pd.DataFrame, layout: Layout) -> pd.DataFrame:
 
     Only the known splits count; every class found anywhere is expected in every split.
     """
-    splits = sorted(set(manifest["split"]) & set(SPLITS), key=SPLITS.index)
+    # a split folder whose class folders are all empty still counts (with zero rows)
+    splits = sorted((set(manifest["split"]) | set(layout.classes)) & set(SPLITS), key=SPLITS.index)
     folder_classes = {c for s, cs in layout.classes.items() if s in (*SPLITS, "") for c in cs}
     labelled = manifest[manifest["label"] != ""]
     classes = sorted(folder_classes | set(labelled["label"]))

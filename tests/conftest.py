@@ -1,0 +1,106 @@
+"""Shared fixtures: isolated tlops folders, a real Prefect API, real git + DVC repos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "tlops tests",
+    "GIT_AUTHOR_EMAIL": "tests@tlops.invalid",
+    "GIT_COMMITTER_NAME": "tlops tests",
+    "GIT_COMMITTER_EMAIL": "tests@tlops.invalid",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tlops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own data cache and run folders; no analytics calls."""
+    monkeypatch.setenv("TLOPS_CACHE", str(tmp_path / "_cache"))
+    monkeypatch.setenv("TLOPS_HOME", str(tmp_path / "_home"))
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    for key, value in GIT_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real, temporary Prefect server (its own SQLite database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    """Run a command (git or dvc) for real; fail the test with its output if it fails."""
+    env = {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    """Run the real DVC CLI of this environment."""
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def write_images(root: Path, classes: dict[str, int], seed: int, size: int = 20) -> None:
+    """Write ``root/{train,val,test}/<class>/*.png``: distinct random RGB images.
+
+    ``classes`` maps class name to train count; val and test get max(1, n // 3) each.
+    """
+    rng = np.random.default_rng(seed)
+    for label, n_train in classes.items():
+        for split, n in (
+            ("train", n_train),
+            ("val", max(1, n_train // 3)),
+            ("test", max(1, n_train // 3)),
+        ):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{label}_{i:03d}.png")
+
+
+def init_repo(repo: Path, remote: Path) -> None:
+    """A fresh git + DVC repository with a local-directory default remote."""
+    repo.mkdir(parents=True)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    dvc("remote", "add", "-d", "local", str(remote), cwd=repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "init"], repo)
+
+
+def commit_data(repo: Path, message: str, tag: str | None = None) -> None:
+    """``dvc add data``, commit the pointer, optionally tag, and push to the remote."""
+    dvc("add", "-q", "data", cwd=repo)
+    run(["git", "add", "data.dvc", ".gitignore"], repo)
+    run(["git", "commit", "-qm", message], repo)
+    if tag:
+        run(["git", "tag", tag], repo)
+    dvc("push", "-q", cwd=repo)
+
+
+def copy_repo(repo: Path, remote: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy a git + DVC repo and its local remote under ``dest``, re-pointing the remote."""
+    new_repo, new_remote = dest / "repo", dest / "remote"
+    shutil.copytree(repo, new_repo, symlinks=True)
+    shutil.copytree(remote, new_remote)
+    config = new_repo / ".dvc" / "config"
+    config.write_text(config.read_text().replace(str(remote), str(new_remote)))
+    return new_repo, new_remote

@@ -1,0 +1,120 @@
+"""Resolving DVC dataset versions in a real git + DVC repo with a local remote."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import commit_data, copy_repo, init_repo, run, write_images
+
+from tlops.config import DataConfig
+from tlops.dataversion import dir_md5, resolve_data
+from tlops.errors import ConfigError, DataError, ServiceError
+
+
+def _pointer_md5(repo: Path, rev: str | None = None) -> str:
+    text = (
+        run(["git", "show", f"{rev}:data.dvc"], repo)
+        if rev
+        else (repo / "data.dvc").read_text(encoding="utf-8")
+    )
+    return str(yaml.safe_load(text)["outs"][0]["md5"])
+
+
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Built once: a repo whose data has v1 (tagged) and v2 (HEAD), both pushed."""
+    base = tmp_path_factory.mktemp("two-versions")
+    repo, remote = base / "repo", base / "remote"
+    init_repo(repo, remote)
+    write_images(repo / "data", {"cat": 3, "dog": 3}, seed=1)
+    commit_data(repo, "data v1", tag="v1")
+    write_images(repo / "data", {"cat": 1, "bird": 3}, seed=2)  # adds files: v2
+    commit_data(repo, "data v2")
+    return repo, remote
+
+
+@pytest.fixture
+def two_versions(_template: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the two-version repo and its remote (tests may break them)."""
+    repo, remote = copy_repo(*_template, tmp_path)
+    return repo, remote
+
+
+def test_dir_md5_is_dvc_md5(two_versions: tuple[Path, Path]) -> None:
+    repo, _ = two_versions
+    md5, nfiles, size = dir_md5(repo / "data")
+    pointer = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]
+    assert (md5, nfiles, size) == (pointer["md5"], pointer["nfiles"], pointer["size"])
+
+
+def test_resolve_older_version_by_rev_from_remote(two_versions: tuple[Path, Path]) -> None:
+    repo, remote = two_versions
+    shutil.rmtree(repo / ".dvc" / "cache")  # force the fetch to go to the remote
+    v1_md5, v2_md5 = _pointer_md5(repo, "v1"), _pointer_md5(repo)
+    assert v1_md5 != v2_md5
+
+    old = resolve_data(DataConfig(repo=repo, rev="v1"))
+    assert old.md5 == v1_md5
+    assert old.rev == run(["git", "rev-parse", "v1"], repo).strip()
+    assert old.remote_url == str(remote)
+    assert not old.dirty
+    assert Path(old.path).name == v1_md5.removesuffix(".dir")
+    assert dir_md5(Path(old.path))[0] == v1_md5
+    assert sorted(p.name for p in (Path(old.path) / "train").iterdir()) == ["cat", "dog"]
+    assert old.nfiles == 10
+
+    # the working tree (v2) resolves beside it, from the same cache root
+    new = resolve_data(DataConfig(repo=repo))
+    assert new.md5 == v2_md5
+    assert new.rev == run(["git", "rev-parse", "HEAD"], repo).strip()
+    assert (Path(new.path) / "train" / "bird").is_dir()
+    assert Path(old.path).is_dir()  # the old version is still there
+
+
+def test_dirty_worktree_is_refused_unless_allowed(two_versions: tuple[Path, Path]) -> None:
+    repo, _ = two_versions
+    victim = next((repo / "data" / "train" / "cat").iterdir())
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(DataError, match="does not match data.dvc"):
+        resolve_data(DataConfig(repo=repo))
+    dirty = resolve_data(DataConfig(repo=repo, allow_dirty=True))
+    assert dirty.dirty
+    assert dirty.md5 == dir_md5(repo / "data")[0] != _pointer_md5(repo)
+
+
+def test_unknown_rev_is_a_usage_error(two_versions: tuple[Path, Path]) -> None:
+    repo, _ = two_versions
+    with pytest.raises(ConfigError, match="unknown git revision 'v9'"):
+        resolve_data(DataConfig(repo=repo, rev="v9"))
+
+
+def test_missing_pointer_and_missing_data(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    init_repo(repo, tmp_path / "remote")
+    with pytest.raises(DataError, match=r"data\.dvc: DVC pointer not found"):
+        resolve_data(DataConfig(repo=repo))
+    write_images(repo / "data", {"a": 2, "b": 2}, seed=3)
+    commit_data(repo, "data")
+    shutil.rmtree(repo / "data")
+    with pytest.raises(DataError, match="data folder missing"):
+        resolve_data(DataConfig(repo=repo))
+    with pytest.raises(DataError, match="does not exist at that revision"):
+        resolve_data(DataConfig(repo=repo, rev="HEAD~1"))
+
+
+def test_lost_remote_is_a_service_error(two_versions: tuple[Path, Path]) -> None:
+    repo, remote = two_versions
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(remote)
+    with pytest.raises(ServiceError, match="could not fetch data"):
+        resolve_data(DataConfig(repo=repo, rev="v1"))
+
+
+def test_subdir_must_exist(two_versions: tuple[Path, Path]) -> None:
+    repo, _ = two_versions
+    assert resolve_data(DataConfig(repo=repo, subdir="train")).images_root.name == "train"
+    with pytest.raises(ConfigError, match="data.subdir"):
+        resolve_data(DataConfig(repo=repo, subdir="nope"))
