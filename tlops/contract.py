@@ -70,11 +70,17 @@ class ContractResult:
 
 
 def add_leakage_column(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Add ``splits_with_same_image``: in how many known splits each file's sha256 appears."""
+    """Add ``splits_with_same_image``: in how many known splits each file's sha256 appears.
+
+    Also gives unread files a placeholder hash of their own, so they are not duplicates.
+    """
     out = manifest.copy()
     known = out[out["split"].isin(SPLITS) & out["sha256"].notna()]
     per_sha = known.groupby("sha256")["split"].nunique()
     out["splits_with_same_image"] = out["sha256"].map(per_sha).fillna(0).astype(int)
+    # files that were not read (outward symlinks) have no hash: never count them as duplicates
+    unread = out["sha256"].isna()
+    out.loc[unread, "sha256"] = "not read: " + out.loc[unread, "path"]
     return out
 
 

@@ -162,15 +162,13 @@ def scan(root: Path, workers: int | None = None) -> tuple[pd.DataFrame, Layout]:
 def class_counts(manifest: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     """Images per (split, class), with zero rows for empty class folders.
 
-    Only the known splits count; every class found anywhere is expected in every split.
+    Every known split is counted, present or not; every class found is expected in each.
     """
     # a split folder whose class folders are all empty still counts (with zero rows)
-    splits = sorted((set(manifest["split"]) | set(layout.classes)) & set(SPLITS), key=SPLITS.index)
+    splits = list(SPLITS)  # a missing split folder counts as zero images in every class
     folder_classes = {c for s, cs in layout.classes.items() if s in (*SPLITS, "") for c in cs}
     labelled = manifest[manifest["label"] != ""]
     classes = sorted(folder_classes | set(labelled["label"]))
-    if not splits:
-        splits = [s for s in layout.classes if s in SPLITS] or list(SPLITS)
     found = labelled.groupby(["split", "label"]).size()
     records = [
         {"split": s, "label": c, "count": int(found.get((s, c), 0))}
