@@ -78,7 +78,7 @@ def test_dirty_worktree_is_refused_unless_allowed(two_versions: tuple[Path, Path
     repo, _ = two_versions
     victim = next((repo / "data" / "train" / "cat").iterdir())
     victim.write_bytes(victim.read_bytes()[:-10])
-    with pytest.raises(DataError, match="does not match data.dvc"):
+    with pytest.raises(DataError, match=r"does not match data\.dvc"):
         resolve_data(DataConfig(repo=repo))
     dirty = resolve_data(DataConfig(repo=repo, allow_dirty=True))
     assert dirty.dirty
@@ -116,5 +116,5 @@ def test_lost_remote_is_a_service_error(two_versions: tuple[Path, Path]) -> None
 def test_subdir_must_exist(two_versions: tuple[Path, Path]) -> None:
     repo, _ = two_versions
     assert resolve_data(DataConfig(repo=repo, subdir="train")).images_root.name == "train"
-    with pytest.raises(ConfigError, match="data.subdir"):
+    with pytest.raises(ConfigError, match=r"data\.subdir"):
         resolve_data(DataConfig(repo=repo, subdir="nope"))
