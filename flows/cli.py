@@ -131,8 +131,18 @@ def validate(
     _guard(body)
 
 
+#: Offline-first: no usage analytics unless the environment asks for them.
+QUIET_ANALYTICS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
+
+
 def main() -> None:
     """Entry point of the ``tlops`` script."""
+    for key, value in QUIET_ANALYTICS.items():
+        os.environ.setdefault(key, value)
     app()
 
 

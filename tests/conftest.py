@@ -34,13 +34,18 @@ def _isolated_tlops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A real, temporary Prefect server (its own SQLite database) for the whole session."""
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real, temporary Prefect server (its own SQLite database) for the whole session.
+
+    Yields its API URL, for subprocesses (``PREFECT_API_URL``).
+    """
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
 
 
 def run(cmd: list[str], cwd: Path) -> str:
