@@ -139,6 +139,24 @@ QUIET_ANALYTICS = {
 }
 
 
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    data_rev: RevOpt = None,
+    allow_dirty: DirtyOpt = False,
+) -> None:
+    """Validate the data, train (frozen base, then fine-tuning), evaluate, track in MLflow."""
+
+    def body() -> None:
+        from flows.train import train_flow
+
+        outcome = train_flow(_load(config, set_, data_rev, allow_dirty))
+        _publish_summary(outcome.summary())
+
+    _guard(body)
+
+
 def main() -> None:
     """Entry point of the ``tlops`` script."""
     for key, value in QUIET_ANALYTICS.items():

@@ -140,6 +140,130 @@ class ContractConfig(_Section):
         return value
 
 
+class BackboneConfig(_Section):
+    """The pretrained base: a Keras application (see tlops.backbones) and its weights."""
+
+    name: str = Field("mobilenet_v2", description="backbone name, see `tlops backbones`")
+    weights: str = Field(
+        "imagenet",
+        description="imagenet (Keras download, cached), none (random), a weights file path, "
+        "or models:/<name>@<alias> of a backbone registered by pretrain",
+    )
+    alpha: float | None = Field(None, gt=0, le=2, description="width multiplier (MobileNets)")
+    fine_tune_from: str | int | float | None = Field(
+        None,
+        description="where fine-tuning starts: a layer name, a count of top layers (int), "
+        "or a fraction of the base's layers (0 < f <= 1); null = the backbone's default",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        """Only names of the backbone registry."""
+        from tlops.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; known: {', '.join(sorted(BACKBONES))}")
+        return value
+
+    @field_validator("fine_tune_from")
+    @classmethod
+    def _valid_start(cls, value: str | int | float | None) -> str | int | float | None:
+        """A positive count, a fraction in (0, 1], or a non-empty layer name."""
+        if isinstance(value, bool):
+            raise ValueError("must be a layer name, a layer count or a fraction")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a layer count must be >= 1")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a fraction must be in (0, 1]")
+        if isinstance(value, str) and not value:
+            raise ValueError("a layer name must not be empty")
+        return value
+
+
+class HeadConfig(_Section):
+    """The classifier on top of the base: pooling, dropout, optional dense, output."""
+
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    hidden_units: int = Field(0, ge=0, description="0 = no hidden dense layer")
+    output: Literal["auto", "softmax", "sigmoid"] = Field(
+        "auto", description="auto: sigmoid for two classes, softmax otherwise"
+    )
+
+
+class AugmentConfig(_Section):
+    """Keras preprocessing layers applied while training (off by default)."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: float = Field(0.0, ge=0.0, le=0.5, description="fraction of a full turn")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return self.flip != "none" or any(
+            v > 0 for v in (self.rotation, self.zoom, self.contrast, self.translation)
+        )
+
+
+class PhaseConfig(_Section):
+    """One training phase."""
+
+    epochs: int = Field(5, ge=0)
+    learning_rate: float = Field(1e-3, gt=0, lt=10)
+
+
+def _frozen_phase() -> PhaseConfig:
+    """Head training on the frozen base."""
+    return PhaseConfig(epochs=5, learning_rate=1e-3)
+
+
+def _fine_tune_phase() -> PhaseConfig:
+    """Fine-tuning at a lower learning rate."""
+    return PhaseConfig(epochs=5, learning_rate=1e-4)
+
+
+class TrainConfig(_Section):
+    """How to train: strategy, phases, regularization, speed switches."""
+
+    strategy: Literal["feature_extraction", "fine_tune", "full"] = Field(
+        "fine_tune",
+        description="feature_extraction: frozen base, head only; fine_tune: then unfreeze the "
+        "top of the base at a lower LR; full: everything trainable from the start",
+    )
+    frozen: PhaseConfig = Field(default_factory=_frozen_phase, description="phase 1")
+    fine_tune: PhaseConfig = Field(
+        default_factory=_fine_tune_phase, description="phase 2 (and the only phase of full)"
+    )
+    batch_size: int = Field(32, ge=1, le=4096)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    class_weights: Literal["none", "auto"] | dict[str, float] = Field(
+        "none", description="none, auto (inverse frequency) or {class: weight}"
+    )
+    early_stopping_patience: int | None = Field(None, ge=1)
+    lr_schedule: Literal["constant", "plateau", "cosine"] = "constant"
+    monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    seed: int = Field(0, ge=0)
+    deterministic: bool = Field(False, description="deterministic ops (slower)")
+    mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
+    jit_compile: bool = Field(False, description="XLA compilation")
+    feature_cache: bool = Field(
+        True, description="train the frozen phase on cached backbone features (no augmentation)"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class EvaluateConfig(_Section):
+    """What evaluation reports."""
+
+    top_k: int = Field(3, ge=1)
+    gallery_size: int = Field(16, ge=0, le=100)
+    latency_repeats: int = Field(20, ge=1, description="timed batch-1 predictions")
+
+
 class RunConfig(_Section):
     """One run of a tlops flow: the whole, validated configuration."""
 
@@ -149,6 +273,10 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     contract: ContractConfig = Field(default_factory=ContractConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def flat(self) -> dict[str, str]:
         """The resolved config as dotted keys and string values (for MLflow params)."""

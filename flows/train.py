@@ -1,0 +1,80 @@
+"""The train flow: validate (subflow), then train, evaluate and track in MLflow."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict
+
+from flows.validate import validate_flow
+from tasks.train import (
+    evaluate_task,
+    fail_tracking_task,
+    record_task,
+    start_tracking_task,
+    train_task,
+)
+from tlops.config import RunConfig
+from tlops.paths import run_dir
+from tlops.steps import EvalSummary, TrainSummary
+from tlops.tracking import tracking_uri
+from tlops.validation import ValidationOutcome
+
+
+class TrainOutcome(BaseModel):
+    """What the train flow returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    validation: ValidationOutcome
+    run_id: str
+    model_uri: str
+    trained: TrainSummary
+    evaluated: EvalSummary
+    tracking_uri: str
+
+    def summary(self) -> str:
+        """A short Markdown summary for the console and CI."""
+        t, m = self.trained, self.evaluated.metrics
+        phases = ", ".join(
+            f"{name} {best:.4f} ({t.phase_epochs[name]} epochs)"
+            for name, best in t.phase_best.items()
+            if best is not None
+        )
+        return "\n".join(
+            [
+                "### tlops train: done",
+                f"- best validation per phase: {phases}; kept **{t.kept_phase}**",
+                f"- test: accuracy {m['test_accuracy']:.4f}, macro F1 {m['test_macro_f1']:.4f},"
+                f" latency {m['latency_ms_batch1']:.2f} ms/image (batch 1)",
+                f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`",
+                f"- device: {t.device}; feature cache: {t.feature_cache}",
+                f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
+            ]
+        )
+
+
+@flow(name="tlops-train")
+def train_flow(config: RunConfig) -> TrainOutcome:
+    """Resolve and validate the data, train, evaluate, and log everything to one MLflow run."""
+    flow_run_id = str(flow_run.get_id() or "local")
+    out_dir = str(run_dir(flow_run_id))
+    validation = validate_flow(config)
+    run_id = start_tracking_task(config, validation.data, validation.manifest, flow_run_id)
+    try:
+        trained = train_task(config, validation.data, validation.manifest, out_dir, run_id)
+        evaluated = evaluate_task(config, trained, validation.data, validation.manifest, out_dir)
+        model_uri = record_task(
+            run_id, config, trained, evaluated, out_dir, validation.verdict.report_path
+        )
+    except BaseException:
+        fail_tracking_task(run_id)
+        raise
+    return TrainOutcome(
+        validation=validation,
+        run_id=run_id,
+        model_uri=model_uri,
+        trained=trained,
+        evaluated=evaluated,
+        tracking_uri=tracking_uri(),
+    )

@@ -1,0 +1,88 @@
+"""Stages 4-5 and tracking: start the MLflow run, train, evaluate, record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tlops import tracking
+from tlops.config import RunConfig
+from tlops.dataversion import DataVersion
+from tlops.steps import (
+    EvalSummary,
+    TrainSummary,
+    evaluate_model,
+    record_run,
+    run_tags,
+    train_model,
+)
+from tlops.validation import ManifestInfo
+
+
+@task(name="start-tracking", cache_policy=NO_CACHE)
+def start_tracking_task(
+    config: RunConfig, data: DataVersion, manifest: ManifestInfo, flow_run_id: str
+) -> str:
+    """Open the MLflow run: params (the whole config), tags, the dataset input."""
+    run_name = f"{config.name}-{config.backbone.name}-{data.md5[:8]}"
+    run_id = tracking.start_run(
+        config.name, run_name, config.flat(), run_tags(config, data, flow_run_id)
+    )
+    tracking.log_dataset(run_id, data, manifest.digest, context="train")
+    get_run_logger().info("MLflow run %s (%s) at %s", run_id, run_name, tracking.tracking_uri())
+    return run_id
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(
+    config: RunConfig, data: DataVersion, manifest: ManifestInfo, out_dir: str, run_id: str
+) -> TrainSummary:
+    """Train the classifier, logging every epoch and system metrics to the run."""
+    with tracking.system_metrics(run_id):
+        trained = train_model(config, data, manifest, Path(out_dir), run_id)
+    get_run_logger().info(
+        "trained on %s: kept phase %s, best %s %s, feature cache %s",
+        trained.device, trained.kept_phase, config.train.monitor, trained.phase_best,
+        trained.feature_cache,
+    )  # fmt: skip
+    return trained
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(
+    config: RunConfig,
+    trained: TrainSummary,
+    data: DataVersion,
+    manifest: ManifestInfo,
+    out_dir: str,
+) -> EvalSummary:
+    """Evaluate the trained model on the test split."""
+    evaluated = evaluate_model(config, trained, data, manifest, Path(out_dir))
+    m = evaluated.metrics
+    get_run_logger().info(
+        "test accuracy %.4f, macro F1 %.4f", m["test_accuracy"], m["test_macro_f1"]
+    )
+    return evaluated
+
+
+@task(name="record", cache_policy=NO_CACHE)
+def record_task(
+    run_id: str,
+    config: RunConfig,
+    trained: TrainSummary,
+    evaluated: EvalSummary,
+    out_dir: str,
+    contract_report: str,
+) -> str:
+    """Log metrics, artifacts and the model to the run; finish it."""
+    model_uri = record_run(run_id, config, trained, evaluated, Path(out_dir), contract_report)
+    tracking.finish_run(run_id, "FINISHED")
+    return model_uri
+
+
+@task(name="fail-tracking", cache_policy=NO_CACHE)
+def fail_tracking_task(run_id: str) -> None:
+    """Mark the run FAILED after an error."""
+    tracking.finish_run(run_id, "FAILED")

@@ -1,0 +1,171 @@
+"""`tlops train` end to end against a real `mlflow server`, real Prefect, real DVC and GX."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import commit_data, init_repo
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TINY = [
+    "--set", "backbone.name=tiny_cnn", "--set", "backbone.weights=none",
+    "--set", "data.image_size=16", "--set", "train.batch_size=8",
+    "--set", "train.frozen.epochs=1", "--set", "train.fine_tune.epochs=1",
+    "--set", "evaluate.latency_repeats=2",
+]  # fmt: skip
+
+
+def write_shapes(root: Path, per_class: int = 6) -> None:
+    """Three learnable classes: bright left half, bright right half, bright top half."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", 3), ("test", 3)):
+        for label in ("left", "right", "top"):
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (20, 20, 3)).astype(np.uint8)
+                if label == "left":
+                    img[:, :10] += 150
+                elif label == "right":
+                    img[:, 10:] += 150
+                else:
+                    img[:10] += 150
+                Image.fromarray(img).save(folder / f"{label}_{i}.png")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    init_repo(repo, tmp_path / "remote")
+    write_shapes(repo / "data")
+    commit_data(repo, "shapes")
+    return repo
+
+
+@pytest.fixture
+def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_train_logs_a_complete_run(repo: Path, tracked: str, tmp_path: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = "shapes-run"
+    args = ["train", SMOKE, "--set", f"data.repo={repo}", "--set", f"name={name}", *TINY]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "kept **" in result.output
+
+    client = MlflowClient(tracked)
+    experiment = client.get_experiment_by_name(name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_id in result.output
+    params = run.data.params
+    assert params["backbone.name"] == "tiny_cnn"
+    assert params["train.frozen.epochs"] == "1"
+    assert params["data.image_size"] == "16"
+    tags = run.data.tags
+    for key in ("git.commit", "git.dirty", "lock.sha256", "backbone.weights_sha256", "device"):
+        assert tags[key], key
+    assert tags["backbone"] == "tiny_cnn"
+    assert tags["prefect.flow_run_id"] not in ("", "local")
+    assert tags["version.keras"].startswith("3.")
+    # both phases on one continuous epoch axis
+    loss = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in loss) == [0, 1]
+    phase = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "phase")}
+    assert phase == {0: 1.0, 1: 2.0}
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+    assert "test_macro_f1" in run.data.metrics and "latency_ms_batch1" in run.data.metrics
+    # the dataset input: digest is the DVC md5, source is the remote
+    pointer = (repo / "data.dvc").read_text()
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest in pointer
+    assert str(tmp_path / "remote") in dataset_input.dataset.source
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "training.json", "data", "plots", "evaluation"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {
+        "plots/confusion_matrix.png", "plots/training_curves.png", "plots/misclassified.png"
+    }  # fmt: skip
+    # the logged model loads and predicts probabilities
+    model_uri = next(line for line in result.output.splitlines() if "models:/" in line)
+    uri = model_uri[model_uri.index("models:/") :].split()[0]
+    model = mlflow.keras.load_model(uri)
+    probs = model.predict(np.zeros((2, 16, 16, 3), dtype=np.float32), verbose=0)
+    assert probs.shape == (2, 3)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def _checkpoint_state(home: Path) -> dict[str, object] | None:
+    for state in home.glob("checkpoints/*/state.json"):
+        try:
+            return dict(json.loads(state.read_text()))
+        except (json.JSONDecodeError, OSError):
+            return None
+    return None
+
+
+def test_killed_run_resumes_from_its_last_epoch(repo: Path, tracked: str, prefect_api: str) -> None:
+    from mlflow import MlflowClient
+
+    args = [
+        "train", SMOKE, "--set", f"data.repo={repo}", "--set", "name=resume",
+        *TINY, "--set", "train.frozen.epochs=30", "--set", "train.feature_cache=false",
+    ]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    home = Path(os.environ["TLOPS_HOME"])
+    deadline = time.monotonic() + 300
+    killed_after = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = _checkpoint_state(home)
+        frozen = (state or {}).get("phases", {}).get("frozen", {})  # type: ignore[attr-defined]
+        if frozen.get("epochs_done", 0) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            killed_after = int(frozen["epochs_done"])
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed_after >= 2, "the run finished or never checkpointed before the kill"
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracked)
+    experiment = client.get_experiment_by_name("resume")
+    runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+    resumed = runs[0]
+    assert resumed.data.tags["resumed_at"].startswith("frozen: ")
+    done_before = int(resumed.data.tags["resumed_at"].split(": ")[1].split()[0])
+    assert done_before >= killed_after
+    # the resumed run trained only the epochs that were left
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "frozen.loss")]
+    assert min(steps) == done_before
+    assert max(steps) == 29
+    training = json.loads(
+        Path(client.download_artifacts(resumed.info.run_id, "training.json")).read_text()
+    )
+    assert training["phases"][0]["epochs"] == 30
+    assert not list(home.glob("checkpoints/*/state.json"))  # cleared after success

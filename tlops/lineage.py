@@ -1,0 +1,30 @@
+"""The code half of the lineage record: git commit, dirty flag, lock-file hash."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    """git output, or None when git or the repository is not there."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def code_state(project: Path) -> dict[str, str]:
+    """Commit, dirty flag (tracked files changed) and the lock file's sha256 of ``project``."""
+    commit = _git(project, "rev-parse", "HEAD") or "unknown"
+    status = _git(project, "status", "--porcelain", "--untracked-files=no")
+    lock = project / "uv.lock"
+    return {
+        "git.commit": commit,
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "lock.sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
+    }

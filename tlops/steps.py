@@ -1,0 +1,294 @@
+"""Stages 4 and 5 of the train flow as domain steps that read and write files.
+
+Each step takes small values (config, data version, manifest info, paths, run id) and returns
+a small pydantic value, so Prefect tasks never pass Keras models or datasets around.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from tlops import tracking
+from tlops.backbones import get_spec
+from tlops.config import RunConfig
+from tlops.dataversion import DataVersion, default_cache_root
+from tlops.errors import ConfigError, DataError
+from tlops.inputs import SplitData, load_images, read_split
+from tlops.paths import tlops_home
+from tlops.validation import ManifestInfo
+
+
+class TrainSummary(BaseModel):
+    """What the train step leaves: the model file and what happened."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_path: str
+    result_path: str
+    kept_phase: str
+    phase_best: dict[str, float | None]
+    phase_epochs: dict[str, int]
+    classes: list[str]
+    binary: bool
+    weights_kind: str
+    weights_sha256: str
+    feature_cache: str
+    resumed_at: str | None
+    device: str
+    runtime_tags: dict[str, str]
+    images_per_s: dict[str, float]
+    trainable_params: dict[str, int]
+
+
+class EvalSummary(BaseModel):
+    """What the evaluate step leaves: test metrics and the files that show them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metrics: dict[str, float]
+    artifacts: dict[str, list[str]]
+
+
+def _weights_arg(weights: str) -> str | None:
+    """The config's weights as ``build_base`` takes them (``none`` means random)."""
+    if weights == "none":
+        return None
+    if weights.startswith("models:/") or weights.startswith("runs:/"):
+        raise ConfigError(
+            f"backbone.weights: {weights!r}: backbones registered by pretrain are not supported "
+            "yet (use imagenet, none or a weights file)"
+        )
+    return weights
+
+
+def training_fingerprint(cfg: RunConfig, data: DataVersion, manifest: ManifestInfo) -> str:
+    """Identity of a training: config without the evaluation part, data md5, manifest."""
+    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
+    blob = json.dumps([parts, data.md5, manifest.digest], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _splits(manifest: ManifestInfo, data: DataVersion) -> tuple[SplitData, SplitData]:
+    """Train and validation splits; both must hold images."""
+    train = read_split(manifest.manifest_path, data.images_root, "train")
+    val = read_split(manifest.manifest_path, data.images_root, "val")
+    if not len(train) or not len(val):
+        raise DataError(f"{data.images_root}: the train and val splits need images")
+    return train, val
+
+
+def train_model(
+    cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, run_dir: Path, run_id: str | None
+) -> TrainSummary:
+    """Build the classifier from the backbone spec and train it through the strategy's phases.
+
+    1. configure the runtime (seed, precision, device) and read the splits;
+    2. build the base (weights checked) and the classifier inside the distribution scope;
+    3. train, checkpointing every epoch (a rerun with the same inputs resumes);
+    4. save the model (``.keras``) and the training record; clear the checkpoints.
+    """
+    from tlops import model as tl_model
+    from tlops.runtime import configure, strategy_scope
+    from tlops.training import TrainInputs, feature_cache_key, train
+
+    runtime = configure(cfg.train)
+    train_split, val_split = _splits(manifest, data)
+    spec = get_spec(cfg.backbone.name)
+    weights = _weights_arg(cfg.backbone.weights)
+    with strategy_scope(runtime):
+        base = tl_model.build_base(spec, cfg.data.image_size, weights, cfg.backbone.alpha)
+        kind, digest = tl_model.weights_fingerprint(base, weights)
+        clf = tl_model.build_classifier(
+            base, spec, len(train_split.classes), cfg.head, cfg.train.augment,
+            cfg.data.image_size, cfg.train.seed,
+        )  # fmt: skip
+    fingerprint = training_fingerprint(cfg, data, manifest)
+    feature_key = feature_cache_key(
+        {
+            "weights": digest, "backbone": spec.name, "alpha": str(cfg.backbone.alpha),
+            "data": data.md5, "manifest": manifest.digest, "size": str(cfg.data.image_size),
+            "preprocess": spec.preprocess, "precision": runtime.precision,
+        }
+    )  # fmt: skip
+    phases = {"frozen": 1, "fine_tune": 2, "full": 1}
+
+    def callbacks(phase: str, offset: int) -> list[Any]:
+        return [tracking.epoch_logger(run_id, phase, offset, phases[phase])] if run_id else []
+
+    inputs = TrainInputs(
+        train=train_split,
+        val=val_split,
+        checkpoint_dir=tlops_home() / "checkpoints" / fingerprint[:16],
+        fingerprint=fingerprint,
+        fine_tune_from=cfg.backbone.fine_tune_from or spec.fine_tune_from,
+        feature_cache_file=default_cache_root() / "features" / f"{feature_key}.npz",
+        callbacks=callbacks,
+    )
+    result = train(clf, cfg, inputs)
+    model_path = run_dir / "model.keras"
+    clf.model.save(model_path)
+    result_path = run_dir / "training.json"
+    result_path.write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
+    shutil.rmtree(inputs.checkpoint_dir, ignore_errors=True)
+    return TrainSummary(
+        model_path=str(model_path),
+        result_path=str(result_path),
+        kept_phase=result.kept_phase,
+        phase_best={p.name: p.best_value for p in result.phases},
+        phase_epochs={p.name: p.epochs for p in result.phases},
+        classes=train_split.classes,
+        binary=clf.binary,
+        weights_kind=kind,
+        weights_sha256=digest,
+        feature_cache=result.feature_cache,
+        resumed_at=result.resumed_at,
+        device=runtime.device,
+        runtime_tags=runtime.tags(),
+        images_per_s={p.name: p.images_per_s for p in result.phases},
+        trainable_params={p.name: p.trainable_params for p in result.phases},
+    )
+
+
+def _latency(model: Any, images: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds per image at batch 1 and at the training batch size."""
+    one = images[:1]
+    model(one, training=False)  # warm up
+    singles = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(one, training=False)
+        singles.append(time.perf_counter() - start)
+    chunk = images[: max(1, min(batch, len(images)))]
+    model(chunk, training=False)
+    batches = []
+    for _ in range(max(3, repeats // 4)):
+        start = time.perf_counter()
+        model(chunk, training=False)
+        batches.append((time.perf_counter() - start) / len(chunk))
+    return {
+        "latency_ms_batch1": float(np.median(singles) * 1000),
+        "latency_ms_per_image_batch": float(np.median(batches) * 1000),
+    }
+
+
+def evaluate_model(
+    cfg: RunConfig, trained: TrainSummary, data: DataVersion, manifest: ManifestInfo, run_dir: Path
+) -> EvalSummary:
+    """Evaluate the saved model on the test split: metrics, plots, gallery, latency, size."""
+    import keras
+
+    from tlops import evaluation as ev
+    from tlops.model import probabilities
+
+    test = read_split(manifest.manifest_path, data.images_root, "test")
+    if not len(test):
+        raise DataError(f"{data.images_root}: the test split holds no images")
+    if test.classes != trained.classes:
+        test = _align(test, trained.classes)
+    model = keras.models.load_model(trained.model_path, safe_mode=True)
+    images = load_images(test.paths, cfg.data.image_size)
+    probs = probabilities(np.asarray(model.predict(images, verbose=0)), trained.binary)
+    metrics = ev.compute_metrics(test.labels, probs, trained.classes, cfg.evaluate.top_k)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    history = json.loads(Path(trained.result_path).read_text(encoding="utf-8"))
+    mistakes = ev.misclassified(
+        test.labels, probs, test.relpaths, trained.classes, cfg.evaluate.gallery_size
+    )
+    table = run_dir / "per_class.csv"
+    ev.per_class_table(metrics).to_csv(table, index=False)
+    files = {
+        "plots": [
+            str(ev.plot_confusion(metrics, plots / "confusion_matrix.png")),
+            str(ev.plot_history({p["name"]: p["history"] for p in history["phases"]},
+                                plots / "training_curves.png")),
+            str(ev.plot_gallery(mistakes, data.images_root, plots / "misclassified.png")),
+        ],
+        "evaluation": [str(table)],
+    }  # fmt: skip
+    (run_dir / "misclassified.json").write_text(json.dumps(mistakes, indent=1), encoding="utf-8")
+    files["evaluation"].append(str(run_dir / "misclassified.json"))
+    scalars = metrics.scalars("test_")
+    scalars.update(_latency(model, images, cfg.train.batch_size, cfg.evaluate.latency_repeats))
+    scalars["model_size_mb"] = Path(trained.model_path).stat().st_size / 1e6
+    return EvalSummary(metrics=scalars, artifacts=files)
+
+
+def _align(test: SplitData, classes: list[str]) -> SplitData:
+    """Re-index test labels to the training classes; unknown test classes are an error."""
+    unknown = sorted(set(test.classes) - set(classes))
+    if unknown:
+        raise DataError(f"test split has classes the model never saw: {unknown}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[test.classes[i]] for i in test.labels], dtype=np.int32)
+    return SplitData(test.paths, labels, classes, test.relpaths)
+
+
+def run_tags(cfg: RunConfig, data: DataVersion, flow_run_id: str) -> dict[str, str]:
+    """Tags known before training: data, backbone, code and the Prefect flow run."""
+    from tlops.lineage import code_state
+
+    return {
+        "data.md5": data.md5,
+        "data.rev": data.rev,
+        "data.dirty": str(data.dirty).lower(),
+        "data.nfiles": str(data.nfiles),
+        "data.remote": data.remote_url or "none",
+        "backbone": cfg.backbone.name,
+        "backbone.weights": cfg.backbone.weights,
+        "strategy": cfg.train.strategy,
+        "prefect.flow_run_id": flow_run_id,
+        **code_state(Path.cwd()),
+    }
+
+
+def record_run(
+    run_id: str,
+    cfg: RunConfig,
+    trained: TrainSummary,
+    evaluated: EvalSummary,
+    run_dir: Path,
+    contract_report: str,
+) -> str:
+    """Log results, artifacts and the model to the run; return the model URI."""
+    import keras
+
+    from tlops.config import dump_config
+
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    tracking.set_tags(
+        run_id,
+        {
+            "backbone.weights_kind": trained.weights_kind,
+            "backbone.weights_sha256": trained.weights_sha256,
+            "kept_phase": trained.kept_phase,
+            "feature_cache": trained.feature_cache,
+            "resumed_at": trained.resumed_at or "none",
+            **trained.runtime_tags,
+        },
+    )
+    summary = {f"best_{k}": v for k, v in trained.phase_best.items() if v is not None}
+    summary |= {f"images_per_s_{k}": v for k, v in trained.images_per_s.items()}
+    summary |= {f"trainable_params_{k}": float(v) for k, v in trained.trainable_params.items()}
+    tracking.log_metrics(run_id, {**evaluated.metrics, **summary})
+    tracking.log_artifacts(
+        run_id,
+        {
+            "": [config_file, Path(trained.result_path)],
+            "data": [Path(contract_report)],
+            **{k: [Path(p) for p in v] for k, v in evaluated.artifacts.items()},
+        },
+    )
+    model = keras.models.load_model(trained.model_path, safe_mode=True)
+    size = int(model.inputs[0].shape[1])
+    example = np.zeros((1, size, size, 3), dtype=np.float32)
+    return tracking.log_keras_model(run_id, model, example)

@@ -1,0 +1,185 @@
+"""MLflow tracking: one run per flow run, written through ``MlflowClient`` with explicit run ids.
+
+The default store is ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflow/artifacts``
+(relative to the current directory); ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tlops.dataversion import DataVersion
+from tlops.errors import ServiceError
+
+BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the SQLite store under ``./mlflow``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path.cwd() / 'mlflow' / 'mlflow.db').as_posix()}"
+
+
+def _default_artifacts() -> str | None:
+    """Artifact root for new experiments of the default store (None: the server decides)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (Path.cwd() / "mlflow" / "artifacts").as_uri()
+
+
+def client() -> Any:
+    """An ``MlflowClient`` for :func:`tracking_uri` (creating ``mlflow/`` for the default)."""
+    from mlflow import MlflowClient
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        (Path.cwd() / "mlflow").mkdir(exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+@contextmanager
+def service(what: str) -> Iterator[None]:
+    """Turn MLflow and connection failures into :class:`ServiceError` (exit 5)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException, ConnectionError) as exc:
+        raise ServiceError(f"MLflow ({tracking_uri()}) failed to {what}: {exc}") from None
+
+
+def start_run(experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+    """Create the run (and the experiment if needed); log params and tags; return its id."""
+    from mlflow.entities import Param
+
+    with service("start a run"):
+        mlflow_client = client()
+        found = mlflow_client.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else mlflow_client.create_experiment(experiment, artifact_location=_default_artifacts())
+        )
+        run = mlflow_client.create_run(experiment_id, run_name=run_name)
+        run_id: str = run.info.run_id
+        items = sorted(params.items())
+        for i in range(0, len(items), BATCH):
+            chunk = [Param(k, v[:6000]) for k, v in items[i : i + BATCH]]
+            mlflow_client.log_batch(run_id, params=chunk)
+        set_tags(run_id, tags, mlflow_client)
+    return run_id
+
+
+def set_tags(run_id: str, tags: dict[str, str], mlflow_client: Any = None) -> None:
+    """Set tags on a run."""
+    from mlflow.entities import RunTag
+
+    with service("set tags"):
+        mlflow_client = mlflow_client or client()
+        items = sorted(tags.items())
+        for i in range(0, len(items), BATCH):
+            chunk = [RunTag(k, str(v)[:5000]) for k, v in items[i : i + BATCH]]
+            mlflow_client.log_batch(run_id, tags=chunk)
+
+
+def log_dataset(run_id: str, data: DataVersion, manifest_digest: str, context: str) -> None:
+    """Log the DVC dataset as an MLflow input: digest = DVC md5, source = the remote URL."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    source_uri = data.remote_url or data.path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(source_uri)
+    name = f"{Path(data.dvc_file).stem}/{data.subdir}" if data.subdir else Path(data.dvc_file).stem
+    dataset = MetaDataset(source=source, name=name, digest=data.md5.removesuffix(".dir"))
+    tags = [
+        InputTag("mlflow.data.context", context),
+        InputTag("dvc.rev", data.rev),
+        InputTag("dvc.md5", data.md5),
+        InputTag("dvc.nfiles", str(data.nfiles)),
+        InputTag("dvc.dirty", str(data.dirty).lower()),
+        InputTag("manifest.digest", manifest_digest),
+    ]
+    with service("log the dataset"):
+        client().log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Log a dict of metrics at one step."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+    with service("log metrics"):
+        mlflow_client = client()
+        for i in range(0, len(rows), 1000):
+            mlflow_client.log_batch(run_id, metrics=rows[i : i + 1000])
+
+
+def log_artifacts(run_id: str, files: dict[str, list[Path]]) -> None:
+    """Upload files under artifact folders: ``{"plots": [a.png, b.png], "": [config.yaml]}``."""
+    with service("upload artifacts"):
+        mlflow_client = client()
+        for folder, paths in files.items():
+            for path in paths:
+                mlflow_client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def epoch_logger(run_id: str, phase: str, offset: int, phase_index: int) -> Any:
+    """A Keras callback logging every epoch to the run, on one continuous step axis."""
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            values = {**values, **{f"{phase}.{k}": v for k, v in values.items()}}
+            values["phase"] = float(phase_index)
+            log_metrics(run_id, values, step=offset + epoch)
+
+    return MlflowEpochLogger()
+
+
+@contextmanager
+def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
+    """Sample CPU / memory (and GPU where pynvml finds one) into the run while training."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, samples_before_logging=1, tracking_uri=tracking_uri()
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def log_keras_model(run_id: str, model: Any, example: Any) -> str:
+    """Log a Keras model (``.keras`` format) with signature and input example; return its URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    with service("log the model"):
+        mlflow.set_tracking_uri(tracking_uri())
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.keras.log_model(
+                model, name="model", signature=signature, input_example=example
+            )
+    return str(info.model_uri)
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED or FAILED."""
+    with service("finish the run"):
+        client().set_terminated(run_id, status=status)

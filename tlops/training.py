@@ -1,0 +1,405 @@
+"""Training: feature extraction on the frozen base, then fine-tuning of its top, resumable.
+
+Model code is ``keras.*`` only (the tf.data input comes from :mod:`tlops.inputs`). Every epoch
+writes a checkpoint (weights + a small JSON state), so a killed run started again with the same
+config resumes at its last finished epoch. Each phase ends on its best epoch by the monitored
+validation metric, and the better phase is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlops.config import PhaseConfig, RunConfig
+from tlops.inputs import SplitData, encode_labels, make_dataset
+from tlops.model import Classifier, count_params, freeze_base, unfreeze_all, unfreeze_top
+
+CallbackFactory = Callable[[str, int], list[Any]]  # (phase, epoch offset) -> keras callbacks
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did."""
+
+    name: str
+    epochs: int
+    history: dict[str, list[float]]
+    best_value: float | None
+    best_epoch: int | None
+    trainable_params: int
+    non_trainable_params: int
+    seconds: float
+    images_per_s: float
+    used_feature_cache: bool
+
+
+@dataclass
+class TrainResult:
+    """The whole training: phases, which one was kept, how it started."""
+
+    phases: list[PhaseResult]
+    kept_phase: str
+    monitor: str
+    resumed_at: str | None = None
+    feature_cache: str = "off"  # off | augmentation | hit | miss
+    notes: list[str] = field(default_factory=list)
+
+    def history(self) -> dict[str, dict[str, list[float]]]:
+        """Keras-style history per phase."""
+        return {p.name: p.history for p in self.phases}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return asdict(self)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write text beside the target and rename it into place."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    """Save weights atomically (Keras needs the .weights.h5 suffix on the temporary too)."""
+    tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
+    model.save_weights(str(tmp))
+    tmp.replace(path)
+
+
+class Checkpoints:
+    """Per-epoch weights and state of one training, in a folder keyed by its inputs."""
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        folder.mkdir(parents=True, exist_ok=True)
+        self.state = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        """The saved state, or a fresh one when absent or made by other inputs."""
+        path = self.folder / "state.json"
+        fresh: dict[str, Any] = {"fingerprint": self.fingerprint, "phases": {}}
+        if not path.is_file():
+            return fresh
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return state if state.get("fingerprint") == self.fingerprint else fresh
+
+    def phase(self, name: str) -> dict[str, Any]:
+        """State of one phase: epochs done, history, best, complete."""
+        phases: dict[str, Any] = self.state["phases"]
+        state: dict[str, Any] = phases.setdefault(
+            name, {"epochs_done": 0, "history": {}, "best": None, "best_epoch": None, "done": False}
+        )
+        return state
+
+    def weights(self, name: str, kind: str) -> Path:
+        """Path of a phase's ``latest`` or ``best`` weights."""
+        return self.folder / f"{name}-{kind}.weights.h5"
+
+    def save(self) -> None:
+        """Persist the state."""
+        _atomic_write(self.folder / "state.json", json.dumps(self.state, indent=1))
+
+
+def _better(value: float, best: float | None, monitor: str) -> bool:
+    """Whether ``value`` beats ``best`` for the monitored metric."""
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if monitor.endswith("loss") else value > best
+
+
+def _epoch_checkpoint(model: Any, ckpt: Checkpoints, name: str, monitor: str) -> Any:
+    """A Keras callback that checkpoints the full model every epoch and tracks the best."""
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            state = ckpt.phase(name)
+            for key, value in (logs or {}).items():
+                state["history"].setdefault(key, []).append(float(value))
+            _save_weights(model, ckpt.weights(name, "latest"))
+            value = float((logs or {}).get(monitor, float("nan")))
+            if _better(value, state["best"], monitor):
+                state["best"], state["best_epoch"] = value, epoch
+                _save_weights(model, ckpt.weights(name, "best"))
+            state["epochs_done"] = epoch + 1
+            ckpt.save()
+
+    return EpochCheckpoint()
+
+
+# -- feature cache ----------------------------------------------------------------------------
+
+
+def feature_cache_key(parts: dict[str, str]) -> str:
+    """sha256 of the inputs that determine pooled features."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cached_features(
+    clf: Classifier, splits: dict[str, SplitData], size: int, batch: int, cache_file: Path
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Pooled backbone features of each split, from ``cache_file`` or computed and stored."""
+    if cache_file.is_file():
+        with np.load(cache_file) as stored:
+            loaded = {k: stored[k] for k in stored.files}
+        if all(k in loaded and len(loaded[k]) == len(v) for k, v in splits.items()):
+            return loaded, True
+    features = {
+        name: np.asarray(
+            clf.feature_model.predict(
+                make_dataset(data, size, batch, binary=clf.binary, shuffle=False, seed=0).map(
+                    lambda x, y: x
+                ),
+                verbose=0,
+            ),
+            dtype=np.float32,
+        )
+        for name, data in splits.items()
+    }
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+    np.savez(tmp, train=features["train"], val=features["val"])
+    tmp.replace(cache_file)
+    return features, False
+
+
+# -- phases -----------------------------------------------------------------------------------
+
+
+def _class_weights(cfg: RunConfig, data: SplitData) -> dict[int, float] | None:
+    """Keras ``class_weight`` from the config: none, auto (inverse frequency) or given."""
+    setting = cfg.train.class_weights
+    if setting == "none":
+        return None
+    if setting == "auto":
+        counts = np.bincount(data.labels, minlength=len(data.classes)).astype(float)
+        counts[counts == 0] = 1.0
+        return {i: float(len(data) / (len(data.classes) * c)) for i, c in enumerate(counts)}
+    unknown = sorted(set(setting) - set(data.classes))
+    if unknown:
+        from tlops.errors import ConfigError
+
+        raise ConfigError(f"train.class_weights: unknown classes {unknown}")
+    return {i: float(setting.get(c, 1.0)) for i, c in enumerate(data.classes)}
+
+
+def _compile(model: Any, cfg: RunConfig, learning_rate: float, binary: bool) -> None:
+    """Compile with the configured optimizer, loss (label smoothing) and accuracy."""
+    import keras
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    smoothing = cfg.train.label_smoothing
+    if binary:
+        loss: Any = keras.losses.BinaryCrossentropy(label_smoothing=smoothing)
+        accuracy: Any = keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
+    model.compile(
+        optimizer=optimizers[cfg.train.optimizer](learning_rate=learning_rate),
+        loss=loss,
+        metrics=[accuracy],
+        jit_compile=cfg.train.jit_compile,
+    )
+
+
+def _schedule_callbacks(cfg: RunConfig, phase: PhaseConfig) -> list[Any]:
+    """Early stopping and the learning-rate schedule of the config."""
+    import keras
+
+    monitor = cfg.train.monitor
+    mode = "min" if monitor.endswith("loss") else "max"
+    callbacks: list[Any] = []
+    if cfg.train.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience
+            )
+        )
+    if cfg.train.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=2)
+        )
+    elif cfg.train.lr_schedule == "cosine":
+        base, total = phase.learning_rate, max(phase.epochs, 1)
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch: base * 0.5 * (1 + math.cos(math.pi * epoch / total))
+            )
+        )
+    return callbacks
+
+
+def plan_phases(cfg: RunConfig) -> list[tuple[str, PhaseConfig]]:
+    """The phases of the configured strategy, in order."""
+    strategy = cfg.train.strategy
+    if strategy == "feature_extraction":
+        return [("frozen", cfg.train.frozen)]
+    if strategy == "fine_tune":
+        return [("frozen", cfg.train.frozen), ("fine_tune", cfg.train.fine_tune)]
+    return [("full", cfg.train.fine_tune)]
+
+
+def _prepare(clf: Classifier, name: str, fine_tune_from: str | int | float) -> None:
+    """Set which layers train in this phase."""
+    if name == "frozen":
+        freeze_base(clf)
+    elif name == "fine_tune":
+        unfreeze_top(clf, fine_tune_from)
+    else:
+        unfreeze_all(clf)
+
+
+@dataclass
+class TrainInputs:
+    """Everything :func:`train` needs besides the model and the config."""
+
+    train: SplitData
+    val: SplitData
+    checkpoint_dir: Path
+    fingerprint: str
+    fine_tune_from: str | int | float
+    feature_cache_file: Path | None = None
+    callbacks: CallbackFactory | None = None
+    log: Callable[[str], None] = print
+
+
+def _fit_phase(
+    clf: Classifier,
+    cfg: RunConfig,
+    inputs: TrainInputs,
+    name: str,
+    phase: PhaseConfig,
+    features: dict[str, np.ndarray] | None,
+    ckpt: Checkpoints,
+    offset: int,
+) -> tuple[float, bool]:
+    """Run the remaining epochs of one phase; return (seconds, used cached features)."""
+    state = ckpt.phase(name)
+    initial = int(state["epochs_done"])
+    on_features = features is not None
+    fit_model = clf.head_model if on_features else clf.model
+    _compile(fit_model, cfg, phase.learning_rate, clf.binary)
+    if initial and ckpt.weights(name, "latest").is_file():
+        clf.model.load_weights(str(ckpt.weights(name, "latest")))
+        inputs.log(f"phase {name}: resuming after epoch {initial} of {phase.epochs}")
+    callbacks = [_epoch_checkpoint(clf.model, ckpt, name, cfg.train.monitor)]
+    callbacks += _schedule_callbacks(cfg, phase)
+    if inputs.callbacks is not None:
+        callbacks += inputs.callbacks(name, offset)
+    size, batch = cfg.data.image_size, cfg.train.batch_size
+    start = time.perf_counter()
+    if on_features:
+        assert features is not None
+        k, binary = len(inputs.train.classes), clf.binary
+        fit_model.fit(
+            features["train"],
+            encode_labels(inputs.train.labels, k, binary),
+            validation_data=(features["val"], encode_labels(inputs.val.labels, k, binary)),
+            batch_size=batch,
+            epochs=phase.epochs,
+            initial_epoch=initial,
+            class_weight=_class_weights(cfg, inputs.train),
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=2,
+        )
+    else:
+        seed = cfg.train.seed
+        fit_model.fit(
+            make_dataset(inputs.train, size, batch, binary=clf.binary, shuffle=True, seed=seed),
+            validation_data=make_dataset(
+                inputs.val, size, batch, binary=clf.binary, shuffle=False, seed=seed
+            ),
+            epochs=phase.epochs,
+            initial_epoch=initial,
+            class_weight=_class_weights(cfg, inputs.train),
+            callbacks=callbacks,
+            verbose=2,
+        )
+    return time.perf_counter() - start, on_features
+
+
+def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
+    """Train ``clf`` through the phases of the strategy; the model ends on the kept phase.
+
+    1. plan the phases; load the checkpoint state (same fingerprint = resume);
+    2. for the frozen phase without augmentation, train the head on cached pooled features;
+    3. each phase: set trainable layers, recompile (lower LR for fine-tuning), fit the epochs
+       still to do, restore its best epoch;
+    4. keep the phase with the best validation metric and restore its weights.
+    """
+    ckpt = Checkpoints(inputs.checkpoint_dir, inputs.fingerprint)
+    monitor = cfg.train.monitor
+    result = TrainResult(phases=[], kept_phase="", monitor=monitor)
+    done_before = {n: int(ckpt.phase(n)["epochs_done"]) for n, _ in plan_phases(cfg)}
+    if any(done_before.values()):
+        result.resumed_at = ", ".join(f"{n}: {e} epochs" for n, e in done_before.items() if e)
+    offset = 0
+    for name, phase in plan_phases(cfg):
+        _prepare(clf, name, inputs.fine_tune_from)
+        state = ckpt.phase(name)
+        features = None
+        if name == "frozen" and cfg.train.feature_cache and inputs.feature_cache_file:
+            if cfg.train.augment.enabled:
+                result.feature_cache = "augmentation"
+                result.notes.append("augmentation is on: frozen phase runs the full model")
+            else:
+                splits = {"train": inputs.train, "val": inputs.val}
+                features, hit = cached_features(
+                    clf, splits, cfg.data.image_size, cfg.train.batch_size,
+                    inputs.feature_cache_file,
+                )  # fmt: skip
+                result.feature_cache = "hit" if hit else "miss"
+        seconds, on_features = 0.0, features is not None
+        if not state["done"] and phase.epochs > int(state["epochs_done"]):
+            seconds, on_features = _fit_phase(clf, cfg, inputs, name, phase, features, ckpt, offset)
+        if ckpt.weights(name, "best").is_file():
+            clf.model.load_weights(str(ckpt.weights(name, "best")))
+        state["done"] = True
+        ckpt.save()
+        trainable, frozen = count_params(clf.model)
+        epochs_run = len(state["history"].get("loss", []))
+        run_epochs = max(epochs_run - done_before[name], 0)
+        result.phases.append(
+            PhaseResult(
+                name=name,
+                epochs=epochs_run,
+                history=state["history"],
+                best_value=state["best"],
+                best_epoch=state["best_epoch"],
+                trainable_params=trainable,
+                non_trainable_params=frozen,
+                seconds=round(seconds, 3),
+                images_per_s=round(run_epochs * len(inputs.train) / seconds, 1) if seconds else 0.0,
+                used_feature_cache=on_features,
+            )
+        )
+        offset += epochs_run
+    scored = [p for p in result.phases if p.best_value is not None]
+    kept = scored[0] if scored else result.phases[-1]
+    for p in scored[1:]:
+        if _better(float(p.best_value or 0.0), kept.best_value, monitor):
+            kept = p
+    result.kept_phase = kept.name
+    if ckpt.weights(kept.name, "best").is_file():
+        clf.model.load_weights(str(ckpt.weights(kept.name, "best")))
+    return result
