@@ -1,6 +1,6 @@
 """The backbone registry: Keras applications (and one small CNN of ours) with their facts.
 
-Importing this module does not import Keras; :func:`build_base` does.
+Importing this module does not import Keras (``tlops.model.build_base`` builds them).
 """
 
 from __future__ import annotations

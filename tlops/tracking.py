@@ -165,18 +165,24 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
 
 
 def log_keras_model(run_id: str, model: Any, example: Any) -> str:
-    """Log a Keras model (``.keras`` format) with signature and input example; return its URI."""
+    """Log a Keras model (``.keras`` format) with signature and input example; return its URI.
+
+    Saved with ``mlflow.keras.save_model`` into a folder of ours and uploaded as the run's
+    ``model`` artifact: MLflow 3.17's ``mlflow.keras.log_model`` writes the input example
+    before creating its folder and fails whenever an input example is given.
+    """
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
-    with service("log the model"):
-        mlflow.set_tracking_uri(tracking_uri())
+    with service("log the model"), tempfile.TemporaryDirectory() as tmp:
         signature = infer_signature(example, model.predict(example, verbose=0))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.keras.log_model(
-                model, name="model", signature=signature, input_example=example
-            )
-    return str(info.model_uri)
+        local = Path(tmp) / "model"
+        local.mkdir()
+        mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
+        client().log_artifacts(run_id, str(local), artifact_path="model")
+    return f"runs:/{run_id}/model"
 
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:

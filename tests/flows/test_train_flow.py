@@ -94,20 +94,21 @@ def test_train_logs_a_complete_run(repo: Path, tracked: str, tmp_path: Path) -> 
     assert phase == {0: 1.0, 1: 2.0}
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
     assert "test_macro_f1" in run.data.metrics and "latency_ms_batch1" in run.data.metrics
+    assert any(key.startswith("system/") for key in run.data.metrics)  # CPU / memory sampled
     # the dataset input: digest is the DVC md5, source is the remote
     pointer = (repo / "data.dvc").read_text()
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest in pointer
     assert str(tmp_path / "remote") in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "training.json", "data", "plots", "evaluation"} <= artifacts
+    assert {"config.yaml", "training.json", "data", "plots", "evaluation", "model"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {
         "plots/confusion_matrix.png", "plots/training_curves.png", "plots/misclassified.png"
     }  # fmt: skip
     # the logged model loads and predicts probabilities
-    model_uri = next(line for line in result.output.splitlines() if "models:/" in line)
-    uri = model_uri[model_uri.index("models:/") :].split()[0]
+    uri = f"runs:/{run.info.run_id}/model"
+    assert uri in result.output
     model = mlflow.keras.load_model(uri)
     probs = model.predict(np.zeros((2, 16, 16, 3), dtype=np.float32), verbose=0)
     assert probs.shape == (2, 3)
