@@ -15,11 +15,12 @@ setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
 		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --extra $(EXTRA)
 
-demo: setup  ## the main job on the embedded default, offline
+demo: setup  ## the main job on the embedded default, offline: sample, DVC, validate, train
 	$(BIN)/tlops sample --out data --if-missing
 	$(BIN)/dvc add data
 	$(BIN)/dvc push
-	$(BIN)/tlops validate $(CONFIG)
+	$(BIN)/tlops train $(CONFIG)
+	@echo "Open the MLflow UI with 'make ui' (http://127.0.0.1:$(MLFLOW_PORT)), experiment 'digits'."
 
 test: setup  ## the whole test suite (unit + flows with real services)
 	$(BIN)/pytest -q
@@ -35,6 +36,7 @@ format:
 
 bench: setup  ## benchmarks that print JSON
 	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/train.py
 
 ui:  ## the MLflow UI for the local store, on 127.0.0.1
 	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db \

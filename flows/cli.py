@@ -90,6 +90,19 @@ def schema() -> None:
 
 
 @app.command()
+def backbones() -> None:
+    """List the backbones: default input size, minimum size, preprocessing, fine-tune start."""
+    from tlops.backbones import BACKBONES
+
+    typer.echo(f"{'name':<20} {'size':>5} {'min':>4}  {'preprocess':<10} fine-tune from")
+    for spec in BACKBONES.values():
+        typer.echo(
+            f"{spec.name:<20} {spec.default_size:>5} {spec.min_size:>4}  {spec.preprocess:<10} "
+            f"{spec.fine_tune_from}"
+        )
+
+
+@app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="folder to write (tracked by DVC as data/)")] = Path(
         "data"

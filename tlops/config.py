@@ -143,7 +143,7 @@ class ContractConfig(_Section):
 class BackboneConfig(_Section):
     """The pretrained base: a Keras application (see tlops.backbones) and its weights."""
 
-    name: str = Field("mobilenet_v2", description="backbone name, see `tlops backbones`")
+    name: str = Field("mobilenet_v2", description="backbone name; `tlops backbones` lists them")
     weights: str = Field(
         "imagenet",
         description="imagenet (Keras download, cached), none (random), a weights file path, "

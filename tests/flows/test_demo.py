@@ -42,3 +42,10 @@ def test_demo_steps_on_a_fresh_clone(tmp_path: Path, prefect_api: str) -> None:
     source = tlops("validate", "configs/demo-source.yaml")
     assert source.returncode == 0, source.stdout + source.stderr
     assert "files: 4420" in source.stdout
+    # the demo's training, shortened; tracked in the clone's own SQLite store
+    env.pop("MLFLOW_TRACKING_URI", None)
+    train = tlops("train", "configs/demo.yaml", "--set", "train.fine_tune.epochs=2")
+    assert train.returncode == 0, train.stdout + train.stderr
+    assert "### tlops train: done" in train.stdout
+    assert (clone / "mlflow" / "mlflow.db").is_file()
+    assert list((clone / "mlflow" / "artifacts").rglob("model.keras"))
