@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,13 @@ class Checkpoints:
     def save(self) -> None:
         """Persist the state."""
         _atomic_write(self.folder / "state.json", json.dumps(self.state, indent=1))
+
+
+def _load_weights(model: Any, path: Path) -> None:
+    """Load model weights; the optimizer's slots are not part of a resume (they restart)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(str(path))
 
 
 def _better(value: float, best: float | None, monitor: str) -> bool:
@@ -303,7 +311,7 @@ def _fit_phase(
     fit_model = clf.head_model if on_features else clf.model
     _compile(fit_model, cfg, phase.learning_rate, clf.binary)
     if initial and ckpt.weights(name, "latest").is_file():
-        clf.model.load_weights(str(ckpt.weights(name, "latest")))
+        _load_weights(clf.model, ckpt.weights(name, "latest"))
         inputs.log(f"phase {name}: resuming after epoch {initial} of {phase.epochs}")
     callbacks = [_epoch_checkpoint(clf.model, ckpt, name, cfg.train.monitor)]
     callbacks += _schedule_callbacks(cfg, phase)
@@ -337,6 +345,7 @@ def _fit_phase(
             initial_epoch=initial,
             class_weight=_class_weights(cfg, inputs.train),
             callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself
             verbose=2,
         )
     return time.perf_counter() - start, on_features
@@ -377,7 +386,7 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
         if not state["done"] and phase.epochs > int(state["epochs_done"]):
             seconds, on_features = _fit_phase(clf, cfg, inputs, name, phase, features, ckpt, offset)
         if ckpt.weights(name, "best").is_file():
-            clf.model.load_weights(str(ckpt.weights(name, "best")))
+            _load_weights(clf.model, ckpt.weights(name, "best"))
         state["done"] = True
         ckpt.save()
         trainable, frozen = count_params(clf.model)
@@ -405,5 +414,5 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
             kept = p
     result.kept_phase = kept.name
     if ckpt.weights(kept.name, "best").is_file():
-        clf.model.load_weights(str(ckpt.weights(kept.name, "best")))
+        _load_weights(clf.model, ckpt.weights(kept.name, "best"))
     return result

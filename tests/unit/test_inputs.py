@@ -1,0 +1,85 @@
+"""The input pipeline: any image mode and size becomes (S, S, 3) float RGB in 0..255."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlops.config import SplitConfig
+from tlops.inputs import encode_labels, load_image, load_images, make_dataset, read_split
+from tlops.validation import build_manifest
+
+
+def _save(path: Path, img: Image.Image, fmt: str = "PNG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("L", "PNG"), ("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"),
+     ("CMYK", "JPEG"), ("1", "PNG"), ("LA", "PNG")],
+)  # fmt: skip
+def test_any_mode_becomes_rgb_of_the_configured_size(tmp_path: Path, mode: str, fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (30, 45), dtype=np.uint16))
+    else:
+        img = base.convert(mode)
+    path = _save(tmp_path / f"x.{fmt.lower()}", img, fmt)
+    array = load_image(path, 24)
+    assert array.shape == (24, 24, 3)
+    assert array.dtype == np.float32
+    assert array.min() >= 0.0 and array.max() <= 255.0
+    assert array.std() > 1.0  # not blank: 16-bit is scaled, not clipped to white
+
+
+def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    array = load_image(_save(tmp_path / "clear.png", clear), 8)
+    assert np.all(array == 255.0)
+
+
+def test_16_bit_keeps_its_range(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 16, dtype=np.uint16), (16, 1))
+    array = load_image(_save(tmp_path / "ramp.png", Image.fromarray(ramp)), 16)
+    assert array[0, 0, 0] == 0.0 and array[0, -1, 0] == 255.0
+
+
+def test_dataset_batches_labels_and_shapes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 5), ("val", 2), ("test", 2)):
+        for label in ("a", "b", "c"):
+            for i in range(n):
+                pixels = rng.integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)
+                _save(tmp_path / "d" / split / label / f"{i}.png", Image.fromarray(pixels))
+    info = build_manifest(tmp_path / "d", SplitConfig(), tmp_path / "out")
+    train = read_split(info.manifest_path, tmp_path / "d", "train")
+    assert train.classes == ["a", "b", "c"] and len(train) == 15
+    assert train.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    ds = make_dataset(train, 16, 4, binary=False, shuffle=True, seed=0)
+    batches = list(ds.as_numpy_iterator())
+    assert [len(x) for x, _ in batches] == [4, 4, 4, 3]
+    images, targets = batches[0]
+    assert images.shape == (4, 16, 16, 3) and targets.shape == (4, 3)
+    assert np.allclose(targets.sum(axis=1), 1.0)
+    # shuffled, yet every label once per epoch; same seed, same order on the first epoch
+    labels = np.concatenate([t.argmax(1) for _, t in batches])
+    assert sorted(labels.tolist()) == train.labels.tolist()
+    again = np.concatenate([t.argmax(1) for _, t in make_dataset(
+        train, 16, 4, binary=False, shuffle=True, seed=0).as_numpy_iterator()])  # fmt: skip
+    assert labels.tolist() == again.tolist()
+    # the same pixels as the numpy path that evaluation uses
+    plain = make_dataset(train, 16, 15, binary=False, shuffle=False, seed=0)
+    ((from_ds, _),) = list(plain.as_numpy_iterator())
+    assert np.array_equal(from_ds, load_images(train.paths, 16))
+
+
+def test_binary_labels_are_a_column() -> None:
+    assert encode_labels(np.array([0, 1, 1]), 2, True).tolist() == [[0.0], [1.0], [1.0]]
+    assert encode_labels(np.array([2, 0]), 3, False).tolist() == [[0, 0, 1], [1, 0, 0]]
