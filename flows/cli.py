@@ -126,6 +126,22 @@ def sample(
     typer.echo(f"wrote {summary.nfiles} images to {summary.root} ({parts})")
 
 
+def _run_flow(
+    flow_module: str, flow_name: str, config: Path, overrides: list[str] | None,
+    data_rev: str | None, allow_dirty: bool,
+) -> None:  # fmt: skip
+    """Load the config, run a flow (imported only now: Prefect is slow to import), summarize."""
+
+    def body() -> None:
+        import importlib
+
+        run_flow = getattr(importlib.import_module(flow_module), flow_name)
+        outcome = run_flow(_load(config, overrides, data_rev, allow_dirty))
+        _publish_summary(outcome.summary())
+
+    _guard(body)
+
+
 @app.command()
 def validate(
     config: ConfigArg,
@@ -134,22 +150,7 @@ def validate(
     allow_dirty: DirtyOpt = False,
 ) -> None:
     """Resolve the data version, scan it, and run the data contract (exit 3 if it fails)."""
-
-    def body() -> None:
-        from flows.validate import validate_flow
-
-        outcome = validate_flow(_load(config, set_, data_rev, allow_dirty))
-        _publish_summary(outcome.summary())
-
-    _guard(body)
-
-
-#: Offline-first: no usage analytics unless the environment asks for them.
-QUIET_ANALYTICS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-}
+    _run_flow("flows.validate", "validate_flow", config, set_, data_rev, allow_dirty)
 
 
 @app.command()
@@ -160,14 +161,15 @@ def train(
     allow_dirty: DirtyOpt = False,
 ) -> None:
     """Validate the data, train (frozen base, then fine-tuning), evaluate, track in MLflow."""
+    _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty)
 
-    def body() -> None:
-        from flows.train import train_flow
 
-        outcome = train_flow(_load(config, set_, data_rev, allow_dirty))
-        _publish_summary(outcome.summary())
-
-    _guard(body)
+#: Offline-first: no usage analytics unless the environment asks for them.
+QUIET_ANALYTICS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+}
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
+from tlops.inputs import to_rgb
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -473,39 +475,11 @@ def _concatenate(
 def _thumbnail(file: Path, size: int) -> NDArray[np.uint8]:
     """The image at ``file`` as RGB uint8 pixels, scaled to fit ``size`` x ``size``."""
     with Image.open(file) as opened:
-        rgb = _to_rgb(opened)
+        rgb = to_rgb(opened)
     scale = size / max(rgb.size)
     new_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
     return np.asarray(rgb.resize(new_size, resample), dtype=np.uint8)
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB for display.
-
-    Transparency (RGBA, LA, PA, P with a transparent colour) is composited on white; integer
-    and float modes beyond 8 bits (I, I;16*, F) are stretched linearly from their minimum to
-    their maximum.
-    """
-    if image.mode == "RGB":
-        return image.copy()
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L").convert("RGB")
-    if (
-        image.mode in ("RGBA", "LA", "PA", "La", "RGBa")
-        or (image.mode == "P" and "transparency" in image.info)
-        or (image.mode in ("L", "RGB") and "transparency" in image.info)
-    ):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    try:
-        return image.convert("RGB")
-    except ValueError:  # a mode without a direct RGB conversion
-        return image.convert("L").convert("RGB")
 
 
 def _as_float(value: object) -> float:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageOps
 
 #: Largest decoded split kept in memory by the tf.data cache.
@@ -37,7 +36,10 @@ class SplitData:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16/32-bit scaled down, alpha composited on white."""
+    """Any Pillow mode to 8-bit RGB: 16/32-bit scaled down, transparency composited on white.
+
+    The one conversion used for training, evaluation galleries and prediction alike.
+    """
     img = ImageOps.exif_transpose(img) or img
     if img.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
         array = np.asarray(img, dtype=np.float64)
@@ -47,7 +49,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         array = np.asarray(img, dtype=np.float64)
         scale = 255.0 if array.max() <= 1.0 else 1.0
         img = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
-    if img.mode in {"P", "PA"}:
+    if img.mode in {"P", "PA"} or "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in {"RGBA", "LA", "La", "RGBa"}:
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -80,6 +82,8 @@ def load_images(paths: list[str], size: int, workers: int | None = None) -> np.n
 
 def read_split(manifest_path: str | Path, images_root: Path, split: str) -> SplitData:
     """The usable files of ``split`` from a manifest (decodable, labelled), sorted by path."""
+    import pandas as pd
+
     manifest = pd.read_parquet(manifest_path)
     usable = manifest[(manifest["decodable"] == True) & (manifest["label"] != "")]  # noqa: E712
     classes = sorted(usable["label"].unique().tolist())
