@@ -34,46 +34,37 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
 
-@keras.saving.register_keras_serializable(package="tlops")
-class Preprocess(keras.layers.Layer):  # type: ignore[misc]
-    """Turn raw RGB in 0..255 into what a backbone expects.
+def preprocess_layer(mode: str, name: str = "preprocess") -> Any:
+    """Built-in Keras layers that turn raw RGB in 0..255 into what a backbone expects.
 
-    Modes: ``tf`` x/127.5 - 1; ``caffe`` RGB->BGR minus the ImageNet means; ``torch`` ImageNet
-    mean/std on x/255; ``included`` identity (the backbone rescales itself); ``unit`` x/255.
+    Only stock layers, so a saved model loads anywhere (plain Keras, ``mlflow models serve``)
+    without tlops installed. Modes: ``tf`` x/127.5 - 1; ``unit`` x/255; ``torch`` ImageNet
+    mean/std on x/255 (per-channel rescaling); ``caffe`` RGB->BGR minus the ImageNet means (a
+    frozen 1x1 convolution: a channel permutation plus a bias, set by :func:`init_preprocess`);
+    ``included`` identity (the backbone rescales itself).
     """
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocess mode {mode!r}; known: {PREPROCESS_MODES}")
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+    if mode == "unit":
+        return keras.layers.Rescaling(1.0 / 255.0, name=name)
+    if mode == "torch":
+        scale = [1.0 / (255.0 * s) for s in _TORCH_STD]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)]
+        return keras.layers.Rescaling(scale, offset=offset, name=name)
+    if mode == "caffe":
+        return keras.layers.Conv2D(3, 1, use_bias=True, trainable=False, name=name)
+    return keras.layers.Identity(name=name)
 
-    def __init__(self, mode: str, **kwargs: Any) -> None:
-        """Check ``mode``; other keyword arguments go to :class:`keras.layers.Layer`."""
-        if mode not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocess mode {mode!r}; known: {PREPROCESS_MODES}")
-        super().__init__(**kwargs)
-        self.mode = mode
 
-    def call(self, inputs: Any) -> Any:
-        """Apply the mode to a batch of channels-last RGB images."""
-        x = keras.ops.cast(inputs, self.compute_dtype)
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "caffe":
-            mean = keras.ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
-            return keras.ops.flip(x, axis=-1) - mean
-        if self.mode == "torch":
-            mean = keras.ops.convert_to_tensor(_TORCH_MEAN, dtype=self.compute_dtype)
-            std = keras.ops.convert_to_tensor(_TORCH_STD, dtype=self.compute_dtype)
-            return (x / 255.0 - mean) / std
-        if self.mode == "unit":
-            return x / 255.0
-        return x
-
-    def compute_output_shape(self, input_shape: Any) -> Any:
-        """Same shape as the input."""
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        """The layer config plus ``mode``."""
-        config: dict[str, Any] = super().get_config()
-        config["mode"] = self.mode
-        return config
+def init_preprocess(layer: Any) -> None:
+    """Set the fixed weights of a built ``caffe`` preprocess layer (no-op for the others)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        permute = np.zeros((1, 1, 3, 3), dtype="float32")
+        for out_channel, in_channel in enumerate((2, 1, 0)):  # BGR from RGB
+            permute[0, 0, in_channel, out_channel] = 1.0
+        layer.set_weights([permute, -np.array(_CAFFE_MEAN_BGR, dtype="float32")])
 
 
 # --------------------------------------------------------------------------- bases
@@ -319,7 +310,7 @@ def build_classifier(
     """The classifier on ``base``, with its feature and head models sharing the layers."""
     binary = is_binary(head, num_classes)
     shape = (image_size, image_size, 3)
-    preprocess = Preprocess(spec.preprocess, name="preprocess")
+    preprocess = preprocess_layer(spec.preprocess)
     pool = keras.layers.GlobalAveragePooling2D(name="pool")
     heads = head_layers(head, num_classes, binary)
 
@@ -328,6 +319,7 @@ def build_classifier(
     x = augmenter(image) if augmenter is not None else image
     # training=False documents intent; BN.trainable=False is what keeps BN in inference mode.
     features = pool(base(preprocess(x), training=False))
+    init_preprocess(preprocess)  # built by the call above
     model = keras.Model(image, _apply(heads, features), name="classifier")
 
     raw = keras.Input(shape, name="image")

@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 from conftest import commit_data, init_repo
 from PIL import Image
-from typer.testing import CliRunner
-
-from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -61,22 +58,33 @@ def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return mlflow_server
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_train_logs_a_complete_run(repo: Path, tracked: str, tmp_path: Path) -> None:
+def tlops(args: list[str], prefect_api: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in its own process (as a user or CI would), against the test server."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+
+
+def test_train_logs_a_complete_run(
+    repo: Path, tracked: str, tmp_path: Path, prefect_api: str
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     name = "shapes-run"
     args = ["train", SMOKE, "--set", f"data.repo={repo}", "--set", f"name={name}", *TINY]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "kept **" in result.output
+    done = tlops(args, prefect_api)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout
+    assert "kept **" in output
 
     client = MlflowClient(tracked)
     experiment = client.get_experiment_by_name(name)
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.info.run_id in result.output
+    assert run.info.run_id in output
     params = run.data.params
     assert params["backbone.name"] == "tiny_cnn"
     assert params["train.frozen.epochs"] == "1"
@@ -108,7 +116,7 @@ def test_train_logs_a_complete_run(repo: Path, tracked: str, tmp_path: Path) -> 
     }  # fmt: skip
     # the logged model loads and predicts probabilities
     uri = f"runs:/{run.info.run_id}/model"
-    assert uri in result.output
+    assert uri in output
     model = mlflow.keras.load_model(uri)
     probs = model.predict(np.zeros((2, 16, 16, 3), dtype=np.float32), verbose=0)
     assert probs.shape == (2, 3)
@@ -132,7 +140,7 @@ def test_killed_run_resumes_from_its_last_epoch(repo: Path, tracked: str, prefec
         *TINY, "--set", "train.frozen.epochs=30", "--set", "train.feature_cache=false",
     ]  # fmt: skip
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # started, then killed in the middle of training
         [sys.executable, "-m", "flows.cli", *args],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -152,8 +160,8 @@ def test_killed_run_resumes_from_its_last_epoch(repo: Path, tracked: str, prefec
     proc.wait(timeout=30)
     assert killed_after >= 2, "the run finished or never checkpointed before the kill"
 
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    done = tlops(args, prefect_api)
+    assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracked)
     experiment = client.get_experiment_by_name("resume")
     runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])

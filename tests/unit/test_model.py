@@ -18,11 +18,12 @@ from tlops.config import AugmentConfig, HeadConfig
 from tlops.errors import ConfigError
 from tlops.model import (
     Classifier,
-    Preprocess,
     build_base,
     build_classifier,
     count_params,
     freeze_base,
+    init_preprocess,
+    preprocess_layer,
     probabilities,
     unfreeze_all,
     unfreeze_top,
@@ -79,22 +80,28 @@ def batchnorms(base: Any) -> list[Any]:
 def test_preprocess_matches_keras_applications(mode: str, module: str) -> None:
     x = images(2, 8)
     expected = getattr(keras.applications, module).preprocess_input(x.copy())
-    got = keras.ops.convert_to_numpy(Preprocess(mode)(x))
+    layer = preprocess_layer(mode)
+    got = keras.ops.convert_to_numpy(layer(x))
+    init_preprocess(layer)
+    got = keras.ops.convert_to_numpy(layer(x))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_preprocess_unit_and_included() -> None:
     x = images(2, 8)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(Preprocess("unit")(x)), x / 255.0)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Preprocess("included")(x)), x)
+    unit, same = preprocess_layer("unit"), preprocess_layer("included")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(unit(x)), x / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(same(x)), x)
 
 
-def test_preprocess_config_round_trip_and_bad_mode() -> None:
-    layer = Preprocess("caffe", name="pre")
-    again = Preprocess.from_config(layer.get_config())
-    assert (again.mode, again.name) == ("caffe", "pre")
+def test_preprocess_is_stock_keras_and_bad_mode() -> None:
+    for mode in ("tf", "caffe", "torch", "included", "unit"):
+        layer = preprocess_layer(mode, name="pre")
+        assert type(layer).__module__.startswith("keras.")
+        assert layer.name == "pre"
+    assert not preprocess_layer("caffe").trainable
     with pytest.raises(ValueError, match="unknown preprocess mode"):
-        Preprocess("bgr")
+        preprocess_layer("bgr")
 
 
 # --------------------------------------------------------------------------- bases
@@ -383,7 +390,7 @@ def test_saved_model_loads_in_safe_mode(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         loaded.predict(x, verbose=0), clf.model.predict(x, verbose=0), rtol=1e-6
     )
-    assert isinstance(loaded.get_layer("preprocess"), Preprocess)
+    assert type(loaded.get_layer("preprocess")).__module__.startswith("keras.")
 
 
 def test_probabilities() -> None:
