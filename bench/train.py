@@ -570,6 +570,8 @@ def end_to_end_overhead(settings: Settings, assets: Path) -> Json:
              "--if-missing"], cwd=ROOT, check=True, capture_output=True,
         )  # fmt: skip
     runs: list[Json] = []
+    stray = ROOT / "mlruns"
+    stray_before = stray.exists()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         env = {
@@ -599,6 +601,7 @@ def end_to_end_overhead(settings: Settings, assets: Path) -> Json:
             "MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db",
         },
         "runs": runs,
+        "repo_left_clean": stray_before or not stray.exists(),
         "import_s": imports,
         "overhead_s_best": best,
         "goal": {"target": "fixed overhead < 20 s", "met": best is not None and best < 20},

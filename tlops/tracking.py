@@ -29,10 +29,14 @@ def tracking_uri() -> str:
 
 
 def _default_artifacts() -> str | None:
-    """Artifact root for new experiments of the default store (None: the server decides)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """Artifact root for new experiments: beside a SQLite store, else the server decides.
+
+    (MLflow's own default for a SQLite store is ``./mlruns`` in whatever folder a run starts.)
+    """
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
         return None
-    return (Path.cwd() / "mlflow" / "artifacts").as_uri()
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
 
 
 def client() -> Any:
