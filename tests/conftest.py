@@ -158,3 +158,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def tlops_cli(args: list[str], prefect_api: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tlops`` CLI in its own process (as a user or CI would).
+
+    Flow runs go to the session's Prefect server. In-process runs under typer's CliRunner are
+    avoided on purpose: Prefect's console log handler would keep CliRunner's closed stream.
+    """
+    root = Path(__file__).resolve().parents[1]
+    full_env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(root), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        env=full_env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip

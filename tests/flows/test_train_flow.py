@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import commit_data, init_repo
+from conftest import commit_data, init_repo, tlops_cli
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,15 +58,6 @@ def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return mlflow_server
 
 
-def tlops(args: list[str], prefect_api: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in its own process (as a user or CI would), against the test server."""
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-
-
 def test_train_logs_a_complete_run(
     repo: Path, tracked: str, tmp_path: Path, prefect_api: str
 ) -> None:
@@ -75,7 +66,7 @@ def test_train_logs_a_complete_run(
 
     name = "shapes-run"
     args = ["train", SMOKE, "--set", f"data.repo={repo}", "--set", f"name={name}", *TINY]
-    done = tlops(args, prefect_api)
+    done = tlops_cli(args, prefect_api)
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout
     assert "kept **" in output
@@ -160,7 +151,7 @@ def test_killed_run_resumes_from_its_last_epoch(repo: Path, tracked: str, prefec
     proc.wait(timeout=30)
     assert killed_after >= 2, "the run finished or never checkpointed before the kill"
 
-    done = tlops(args, prefect_api)
+    done = tlops_cli(args, prefect_api)
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(tracked)
     experiment = client.get_experiment_by_name("resume")

@@ -6,15 +6,21 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import commit_data, init_repo, run, write_images
-from typer.testing import CliRunner
-
-from flows.cli import app
+from conftest import commit_data, init_repo, run, tlops_cli, write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+
+@pytest.fixture
+def cli(prefect_api: str):  # type: ignore[no-untyped-def]
+    """Run ``tlops`` in a subprocess; returns (exit code, stdout + stderr)."""
+
+    def invoke(args: list[str], **env: str) -> tuple[int, str]:
+        done = tlops_cli(args, prefect_api, **env)
+        return done.returncode, done.stdout + done.stderr
+
+    return invoke
 
 
 @pytest.fixture
@@ -60,14 +66,15 @@ def _artifact(key: str) -> str:
     return asyncio.run(query())
 
 
-def test_validate_passes_and_publishes_summary(repo: Path, tmp_path: Path, monkeypatch) -> None:
+def test_validate_passes_and_publishes_summary(repo: Path, tmp_path: Path, cli) -> None:
     summary = tmp_path / "step-summary.md"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     before = len(_flow_runs("tlops-validate"))
-    result = CliRunner().invoke(app, ["validate", SMOKE, "--set", f"data.repo={repo}"])
-    assert result.exit_code == 0, result.output
-    assert "data contract passed" in result.output
-    assert run(["git", "rev-parse", "good"], repo).strip()[:12] in result.output
+    code, output = cli(
+        ["validate", SMOKE, "--set", f"data.repo={repo}"], GITHUB_STEP_SUMMARY=str(summary)
+    )
+    assert code == 0, output
+    assert "data contract passed" in output
+    assert run(["git", "rev-parse", "good"], repo).strip()[:12] in output
     assert "data contract passed" in summary.read_text()
     runs = _flow_runs("tlops-validate")
     assert len(runs) == before + 1
@@ -75,50 +82,48 @@ def test_validate_passes_and_publishes_summary(repo: Path, tmp_path: Path, monke
     assert "Image data contract: PASSED" in _artifact("data-contract")
 
 
-def test_contract_failure_exits_3_naming_files(repo: Path) -> None:
+def test_contract_failure_exits_3_naming_files(repo: Path, cli) -> None:
     bad = repo / "data" / "test" / "dog" / "broken image.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     leak = next((repo / "data" / "train" / "cat").iterdir())
     (repo / "data" / "val" / "cat" / "copy.png").write_bytes(leak.read_bytes())
     commit_data(repo, "bad data")
-    result = CliRunner().invoke(app, ["validate", SMOKE, "--set", f"data.repo={repo}"])
-    assert result.exit_code == 3, result.output
-    assert "decodable" in result.output
-    assert "test/dog/broken image.png" in result.output
-    assert "leakage" in result.output and "val/cat/copy.png" in result.output
+    code, output = cli(["validate", SMOKE, "--set", f"data.repo={repo}"])
+    assert code == 3, output
+    assert "decodable" in output
+    assert "test/dog/broken image.png" in output
+    assert "leakage" in output and "val/cat/copy.png" in output
     assert "FAILED" in {state for state, _ in _flow_runs("tlops-validate")}
     assert "Image data contract: FAILED" in _artifact("data-contract")
 
     # the older, good version still validates by revision while the bad one sits in the tree
-    result = CliRunner().invoke(
-        app, ["validate", SMOKE, "--set", f"data.repo={repo}", "--data-rev", "good"]
-    )
-    assert result.exit_code == 0, result.output
+    code, output = cli(["validate", SMOKE, "--set", f"data.repo={repo}", "--data-rev", "good"])
+    assert code == 0, output
 
 
-def test_dirty_data_exit_3_then_allowed(repo: Path) -> None:
+def test_dirty_data_exit_3_then_allowed(repo: Path, cli) -> None:
     (repo / "data" / "train" / "cat" / "extra.png").write_bytes(
         next((repo / "data" / "test" / "dog").iterdir()).read_bytes()
     )
     args = ["validate", SMOKE, "--set", f"data.repo={repo}"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 3
-    assert "does not match data.dvc" in result.output
-    result = CliRunner().invoke(app, [*args, "--allow-dirty"])
+    code, output = cli(args)
+    assert code == 3, output
+    assert "does not match data.dvc" in output
+    code, output = cli([*args, "--allow-dirty"])
     # allowed, but the copied test image now leaks into train: the contract catches it
-    assert result.exit_code == 3
-    assert "leakage" in result.output and "train/cat/extra.png" in result.output
+    assert code == 3, output
+    assert "leakage" in output and "train/cat/extra.png" in output
 
 
-def test_unknown_rev_exit_2_and_lost_remote_exit_5(repo: Path, tmp_path: Path) -> None:
+def test_unknown_rev_exit_2_and_lost_remote_exit_5(repo: Path, tmp_path: Path, cli) -> None:
     args = ["validate", SMOKE, "--set", f"data.repo={repo}"]
-    result = CliRunner().invoke(app, [*args, "--data-rev", "nope"])
-    assert result.exit_code == 2
-    assert "unknown git revision 'nope'" in result.output
+    code, output = cli([*args, "--data-rev", "nope"])
+    assert code == 2, output
+    assert "unknown git revision 'nope'" in output
     import shutil
 
     shutil.rmtree(repo / ".dvc" / "cache")
     shutil.rmtree(tmp_path / "remote")
-    result = CliRunner().invoke(app, [*args, "--data-rev", "good"])
-    assert result.exit_code == 5
-    assert "could not fetch" in result.output
+    code, output = cli([*args, "--data-rev", "good"])
+    assert code == 5, output
+    assert "could not fetch" in output
