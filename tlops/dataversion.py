@@ -205,11 +205,12 @@ def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVers
     out = read_pointer(repo, config.dvc_file, rev)
     data_path = str(Path(config.dvc_file).parent / out["path"])
     md5, dirty = str(out["md5"]), False
+    nfiles, size = int(out.get("nfiles", 0)), int(out.get("size", 0))
     if rev is None:
         source = repo / data_path
         if not source.is_dir():
             raise DataError(f"{source}: data folder missing; run `dvc pull` (or `tlops sample`)")
-        found = dir_md5(source)[0]
+        found, found_files, found_size = dir_md5(source)
         if found != md5:
             if not config.allow_dirty:
                 raise DataError(
@@ -217,14 +218,10 @@ def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVers
                     "run `dvc add` to record it, `dvc checkout` to restore it, "
                     "or set data.allow_dirty=true"
                 )
-            md5, dirty = found, True
+            md5, nfiles, size, dirty = found, found_files, found_size, True
         path = _materialize(cache, md5, lambda dest: _copy_tree(source, dest))
     else:
         path = _materialize(cache, md5, lambda dest: _fetch_rev(repo, rev, data_path, dest))
-    if dirty:
-        _, nfiles, size = dir_md5(path)
-    else:
-        nfiles, size = int(out.get("nfiles", 0)), int(out.get("size", 0))
     version = DataVersion(
         path=str(path),
         md5=md5,
