@@ -50,6 +50,8 @@ class TrainOutcome(BaseModel):
                 f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`",
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
+                "- look at it: `make ui` (the default store), then the experiment of this config's"
+                " name: curves, confusion matrix, misclassified images under Artifacts",
             ]
         )
 

@@ -169,3 +169,19 @@ def test_killed_run_resumes_from_its_last_epoch(repo: Path, tracked: str, prefec
     )
     assert training["phases"][0]["epochs"] == 30
     assert not list(home.glob("checkpoints/*/state.json"))  # cleared after success
+
+
+def test_unreachable_mlflow_exits_5(repo: Path, prefect_api: str) -> None:
+    from conftest import free_port
+
+    args = ["train", SMOKE, "--set", f"data.repo={repo}", *TINY]
+    done = tlops_cli(
+        args,
+        prefect_api,
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )
+    assert done.returncode == 5, done.stdout + done.stderr
+    assert "MLflow (http://127.0.0.1:" in done.stderr
+    assert "failed to start a run" in done.stderr
