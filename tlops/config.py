@@ -249,7 +249,11 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0)
     deterministic: bool = Field(False, description="deterministic ops (slower)")
     mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
-    jit_compile: bool = Field(False, description="XLA compilation")
+    jit_compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="XLA compilation: auto = Keras' choice (on under JAX and on TensorFlow GPUs, "
+        "off on TensorFlow CPUs)",
+    )
     feature_cache: bool = Field(
         True, description="train the frozen phase on cached backbone features (no augmentation)"
     )

@@ -4,6 +4,10 @@ Images are decoded and resized by Pillow, the same code that prediction uses, so
 serving see identical pixels for any file mode (grayscale, RGBA, palette, 16-bit, CMYK).
 Decoding runs in parallel (``tf.data`` map over a thread pool; Pillow releases the GIL), the
 decoded split is cached in memory when it fits, and batches are prefetched.
+
+Under Keras' JAX or PyTorch backend (no TensorFlow needed) the same contract is met by
+:func:`image_batches`, a ``keras.utils.PyDataset`` with worker threads: parallel decode, an
+in-memory cache of decoded images, a seeded shuffle per epoch and prefetched batches.
 """
 
 from __future__ import annotations
@@ -113,8 +117,27 @@ def make_dataset(
     binary: bool,
     shuffle: bool,
     seed: int,
+    labels: bool = True,
 ) -> Any:
-    """A batched, prefetched ``tf.data.Dataset`` of (images, encoded labels)."""
+    """Batches of (images, encoded labels), or of images alone when ``labels`` is false.
+
+    A prefetched ``tf.data.Dataset`` under the TensorFlow backend, an :func:`image_batches`
+    under any other Keras backend.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return image_batches(
+            data, size, batch_size, binary=binary, shuffle=shuffle, seed=seed, labels=labels
+        )
+    ds = _tf_dataset(data, size, batch_size, binary=binary, shuffle=shuffle, seed=seed)
+    return ds if labels else ds.map(lambda x, y: x)
+
+
+def _tf_dataset(
+    data: SplitData, size: int, batch_size: int, *, binary: bool, shuffle: bool, seed: int
+) -> Any:
+    """The tf.data pipeline: parallel Pillow decode, cache when it fits, shuffle, prefetch."""
     import tensorflow as tf
 
     targets = encode_labels(data.labels, len(data.classes), binary)
@@ -133,3 +156,88 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(min(len(data), 10_000), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+_IMAGE_BATCHES: type | None = None
+
+
+def image_batches(
+    data: SplitData,
+    size: int,
+    batch_size: int,
+    *,
+    binary: bool,
+    shuffle: bool,
+    seed: int,
+    labels: bool = True,
+) -> Any:
+    """Backend-neutral batches for ``fit`` / ``predict``: a ``keras.utils.PyDataset``.
+
+    Worker threads decode batches ahead of the model (Pillow releases the GIL), decoded images
+    stay in memory when the split fits :data:`CACHE_BUDGET_BYTES`, and a seeded permutation
+    reshuffles every epoch. The class is defined on first use so this module never imports
+    Keras at import time.
+    """
+    return _image_batches_class()(
+        data, size, batch_size, binary=binary, shuffle=shuffle, seed=seed, labels=labels
+    )
+
+
+def _image_batches_class() -> type:
+    """Define (once) the PyDataset subclass behind :func:`image_batches`."""
+    global _IMAGE_BATCHES
+    if _IMAGE_BATCHES is not None:
+        return _IMAGE_BATCHES
+    import keras
+
+    class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
+        """Batches of decoded images (and encoded labels) of one split."""
+
+        def __init__(
+            self,
+            data: SplitData,
+            size: int,
+            batch_size: int,
+            *,
+            binary: bool,
+            shuffle: bool,
+            seed: int,
+            labels: bool = True,
+        ) -> None:
+            super().__init__(workers=min(8, os.cpu_count() or 1), use_multiprocessing=False)
+            self.data, self.size, self.batch_size = data, size, batch_size
+            self.targets = encode_labels(data.labels, len(data.classes), binary)
+            self.shuffle, self.labels = shuffle, labels
+            self.rng = np.random.default_rng(seed)
+            self.order = self._new_order()
+            fits = len(data) * size * size * 3 * 4 <= CACHE_BUDGET_BYTES
+            self.cache = np.empty((len(data), size, size, 3), np.float32) if fits else None
+            self.decoded = np.zeros(len(data), dtype=bool)
+
+        def _new_order(self) -> np.ndarray:
+            n = len(self.data)
+            order: np.ndarray = self.rng.permutation(n) if self.shuffle else np.arange(n)
+            return order
+
+        def __len__(self) -> int:
+            return -(-len(self.data) // self.batch_size)
+
+        def _image(self, i: int) -> np.ndarray:
+            if self.cache is None:
+                return load_image(self.data.paths[i], self.size)
+            if not self.decoded[i]:
+                self.cache[i] = load_image(self.data.paths[i], self.size)
+                self.decoded[i] = True
+            image: np.ndarray = self.cache[i]
+            return image
+
+        def __getitem__(self, index: int) -> Any:
+            rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+            images = np.stack([self._image(int(i)) for i in rows])
+            return (images, self.targets[rows]) if self.labels else (images,)
+
+        def on_epoch_end(self) -> None:
+            self.order = self._new_order()
+
+    _IMAGE_BATCHES = ImageBatches
+    return _IMAGE_BATCHES

@@ -169,8 +169,8 @@ def cached_features(
     features = {
         name: np.asarray(
             clf.feature_model.predict(
-                make_dataset(data, size, batch, binary=clf.binary, shuffle=False, seed=0).map(
-                    lambda x, y: x
+                make_dataset(
+                    data, size, batch, binary=clf.binary, shuffle=False, seed=0, labels=False
                 ),
                 verbose=0,
             ),

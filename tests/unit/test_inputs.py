@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from tlops.config import SplitConfig
-from tlops.inputs import encode_labels, load_image, load_images, make_dataset, read_split
+from tlops.inputs import (
+    encode_labels,
+    image_batches,
+    load_image,
+    load_images,
+    make_dataset,
+    read_split,
+)
 from tlops.validation import build_manifest
 
 
@@ -78,6 +85,22 @@ def test_dataset_batches_labels_and_shapes(tmp_path: Path) -> None:
     plain = make_dataset(train, 16, 15, binary=False, shuffle=False, seed=0)
     ((from_ds, _),) = list(plain.as_numpy_iterator())
     assert np.array_equal(from_ds, load_images(train.paths, 16))
+
+    # the backend-neutral PyDataset (JAX / PyTorch backends): same pixels, every label once
+    # per epoch, a new order after each epoch, images alone for predict
+    batches_ = image_batches(train, 16, 4, binary=False, shuffle=True, seed=0)
+    assert len(batches_) == 4
+    first = [batches_[i] for i in range(len(batches_))]
+    assert [len(x) for x, _ in first] == [4, 4, 4, 3]
+    order = np.concatenate([t.argmax(1) for _, t in first])
+    assert sorted(order.tolist()) == train.labels.tolist()
+    batches_.on_epoch_end()
+    second = np.concatenate([batches_[i][1].argmax(1) for i in range(len(batches_))])
+    assert sorted(second.tolist()) == train.labels.tolist()
+    assert batches_.order.tolist() != list(range(15))
+    only = image_batches(train, 16, 15, binary=False, shuffle=False, seed=0, labels=False)
+    (pixels,) = only[0]
+    assert np.array_equal(pixels, load_images(train.paths, 16))
 
 
 def test_binary_labels_are_a_column() -> None:
