@@ -7,8 +7,11 @@ Heavy imports (Prefect, DVC, GX) happen inside the commands that need them.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -126,6 +129,50 @@ def sample(
     typer.echo(f"wrote {summary.nfiles} images to {summary.root} ({parts})")
 
 
+#: Heavy packages each flow will need, imported in the background while it starts (stage order).
+_DATA_STAGES = ("dvc.repo", "dvc.api", "great_expectations")
+PRELOAD: dict[str, tuple[str, ...]] = {
+    "validate_flow": _DATA_STAGES,
+    "train_flow": (*_DATA_STAGES, "mlflow", "tlops.model", "tlops.training", "tlops.evaluation"),
+}
+
+
+def _preload(modules: tuple[str, ...]) -> threading.Thread:
+    """Import ``modules`` in a daemon thread; a failed import is left for its stage to report.
+
+    Started once Prefect and the flow module are imported, it overlaps the heavy imports
+    (TensorFlow alone takes 10-20 s) with the start of Prefect's temporary API server, which
+    runs in a subprocess while the main thread waits for it.
+    """
+
+    def work() -> None:
+        for name in modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=work, name="tlops-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _start_prefect_api(preload: tuple[str, ...]) -> None:
+    """Start Prefect's temporary API server (no ``PREFECT_API_URL``) while ``preload`` imports.
+
+    This is the server Prefect itself would start at the first API call (the same
+    ``SubprocessASGIServer`` singleton, so the flow reuses it); starting it here lets the heavy
+    imports run in a thread while the main thread only waits for the server's health check.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        _preload(preload)
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    _preload(preload)
+    SubprocessASGIServer().start()
+
+
 def _run_flow(
     flow_module: str, flow_name: str, config: Path, overrides: list[str] | None,
     data_rev: str | None, allow_dirty: bool,
@@ -133,10 +180,11 @@ def _run_flow(
     """Load the config, run a flow (imported only now: Prefect is slow to import), summarize."""
 
     def body() -> None:
-        import importlib
-
+        cfg = _load(config, overrides, data_rev, allow_dirty)
         run_flow = getattr(importlib.import_module(flow_module), flow_name)
-        outcome = run_flow(_load(config, overrides, data_rev, allow_dirty))
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            _start_prefect_api(PRELOAD.get(flow_name, ()))
+        outcome = run_flow(cfg)
         _publish_summary(outcome.summary())
 
     _guard(body)
