@@ -268,6 +268,73 @@ class EvaluateConfig(_Section):
     latency_repeats: int = Field(20, ge=1, description="timed batch-1 predictions")
 
 
+class ValueRule(_Section):
+    """A threshold on one metric of the candidate, e.g. ``{metric: test_accuracy, min: 0.9}``.
+
+    Budgets are value rules too: ``{metric: latency_ms_batch1, max: 20}``,
+    ``{metric: model_size_mb, max: 10}``.
+    """
+
+    metric: str = Field(min_length=1, description="a logged metric, e.g. test_accuracy")
+    min: float | None = Field(None, description="pass when value >= min")
+    max: float | None = Field(None, description="pass when value <= max")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ValueRule:
+        """A rule needs a bound."""
+        if self.min is None and self.max is None:
+            raise ValueError("a value rule needs min or max")
+        return self
+
+
+class ChangeRule(_Section):
+    """A change against the champion re-evaluated on the same test split.
+
+    ``delta`` = candidate - champion (``direction: higher``) or champion - candidate
+    (``direction: lower``, e.g. latency), divided by the champion's value when ``relative``.
+    Pass when delta >= ``min_delta``: 0 = no worse, 0.01 = at least one point better,
+    -0.01 = at most one point worse.
+    """
+
+    metric: str = Field(min_length=1)
+    direction: Literal["higher", "lower"] = "higher"
+    min_delta: float = 0.0
+    relative: bool = False
+
+
+class GateConfig(_Section):
+    """The rules a candidate must pass to be registered and become champion (design stage 6)."""
+
+    values: list[ValueRule] = Field(default_factory=list)
+    changes: list[ChangeRule] = Field(default_factory=list)
+    mcnemar_p: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="also require a McNemar test on paired test predictions: candidate "
+        "significantly better than the champion at this p-value",
+    )  # fmt: skip
+    max_recall_drop: float | None = Field(
+        None, ge=0.0, le=1.0, description="no class may lose more recall than this vs champion"
+    )
+
+    @property
+    def configured(self) -> bool:
+        """Whether any rule is configured (no rules: nothing is ever promoted)."""
+        return bool(
+            self.values or self.changes or self.mcnemar_p is not None
+            or self.max_recall_drop is not None
+        )  # fmt: skip
+
+
+class RegistryConfig(_Section):
+    """Where a promoted model goes in the MLflow model registry."""
+
+    model_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="default: the run name"
+    )
+    champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    previous_alias: str = Field("previous", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
 class RunConfig(_Section):
     """One run of a tlops flow: the whole, validated configuration."""
 
@@ -281,6 +348,13 @@ class RunConfig(_Section):
     head: HeadConfig = Field(default_factory=HeadConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @property
+    def model_name(self) -> str:
+        """The registered model's name: ``registry.model_name``, else the run name."""
+        return self.registry.model_name or self.name
 
     def flat(self) -> dict[str, str]:
         """The resolved config as dotted keys and string values (for MLflow params)."""

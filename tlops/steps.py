@@ -55,6 +55,7 @@ class EvalSummary(BaseModel):
 
     metrics: dict[str, float]
     artifacts: dict[str, list[str]]
+    predictions_path: str = ""
 
 
 def _weights_arg(weights: str) -> str | None:
@@ -218,10 +219,23 @@ def evaluate_model(
     }  # fmt: skip
     (run_dir / "misclassified.json").write_text(json.dumps(mistakes, indent=1), encoding="utf-8")
     files["evaluation"].append(str(run_dir / "misclassified.json"))
+    predictions = write_predictions(run_dir / "predictions.json", test, probs)
+    files["evaluation"].append(str(predictions))
     scalars = metrics.scalars("test_")
     scalars.update(_latency(model, images, cfg.train.batch_size, cfg.evaluate.latency_repeats))
     scalars["model_size_mb"] = Path(trained.model_path).stat().st_size / 1e6
-    return EvalSummary(metrics=scalars, artifacts=files)
+    return EvalSummary(metrics=scalars, artifacts=files, predictions_path=str(predictions))
+
+
+def write_predictions(path: Path, test: SplitData, probs: np.ndarray) -> Path:
+    """Per test image: file, true and predicted class (the gate pairs these with the champion's)."""
+    predicted = probs.argmax(axis=1)
+    rows = [
+        {"path": rel, "true": test.classes[int(t)], "predicted": test.classes[int(p)]}
+        for rel, t, p in zip(test.relpaths, test.labels, predicted, strict=True)
+    ]
+    path.write_text(json.dumps(rows, indent=0), encoding="utf-8")
+    return path
 
 
 def _align(test: SplitData, classes: list[str]) -> SplitData:
@@ -293,4 +307,11 @@ def record_run(
     model = keras.models.load_model(trained.model_path, safe_mode=True)
     size = int(model.inputs[0].shape[1])
     example = np.zeros((1, size, size, 3), dtype=np.float32)
-    return tracking.log_keras_model(run_id, model, example)
+    meta = {
+        "classes": trained.classes,
+        "binary": trained.binary,
+        "image_size": size,
+        "backbone": cfg.backbone.name,
+        "input": "float32 RGB 0..255, (n, size, size, 3); preprocessing is inside the model",
+    }
+    return tracking.log_keras_model(run_id, model, example, meta)

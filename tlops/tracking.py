@@ -6,6 +6,7 @@ The default store is ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -168,8 +169,13 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
         monitor.finish()
 
 
-def log_keras_model(run_id: str, model: Any, example: Any) -> str:
+def log_keras_model(
+    run_id: str, model: Any, example: Any, meta: dict[str, Any] | None = None
+) -> str:
     """Log a Keras model (``.keras`` format) with signature and input example; return its URI.
+
+    ``meta`` is written beside it as ``tlops.json`` (classes, input size): what prediction and
+    the gate need to use the model without its run.
 
     Saved with ``mlflow.keras.save_model`` into a folder of ours and uploaded as the run's
     ``model`` artifact: MLflow 3.17's ``mlflow.keras.log_model`` writes the input example
@@ -185,6 +191,8 @@ def log_keras_model(run_id: str, model: Any, example: Any) -> str:
         local = Path(tmp) / "model"
         local.mkdir()
         mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
+        if meta is not None:
+            (local / "tlops.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         client().log_artifacts(run_id, str(local), artifact_path="model")
     return f"runs:/{run_id}/model"
 
