@@ -19,7 +19,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from tlops.config import RunConfig, load_config
-from tlops.errors import ServiceError, TlopsError
+from tlops.errors import ConfigError, ServiceError, TlopsError
 
 app = typer.Typer(
     name="tlops",
@@ -186,6 +186,9 @@ def _run_flow(
             _start_prefect_api(PRELOAD.get(flow_name, ()))
         outcome = run_flow(cfg)
         _publish_summary(outcome.summary())
+        code = int(getattr(outcome, "exit_code", 0))
+        if code:
+            raise typer.Exit(code)
 
     _guard(body)
 
@@ -210,6 +213,68 @@ def train(
 ) -> None:
     """Validate the data, train (frozen base, then fine-tuning), evaluate, track in MLflow."""
     _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty)
+
+
+ModelUriArg = Annotated[
+    str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
+]
+
+
+@app.command()
+def history(model_name: Annotated[str, typer.Argument(help="registered model name")]) -> None:
+    """Print the promotion ledger of a registered model: every alias move, oldest first."""
+
+    def body() -> None:
+        from tlops.registry import ledger
+
+        entries = ledger(model_name)
+        if not entries:
+            typer.echo(f"{model_name}: no alias has moved yet")
+        for e in entries:
+            before = f"v{e.from_version}" if e.from_version else "(none)"
+            typer.echo(
+                f"{e.when}  @{e.alias}: {before} -> v{e.to_version}  flow run {e.flow_run_id}"
+                f"  {e.why}"
+            )
+
+    _guard(body)
+
+
+@app.command()
+def lineage(model_uri: ModelUriArg) -> None:
+    """Print the lineage card of a registered version: data, backbone, config, code, gate."""
+
+    def body() -> None:
+        from tlops.promotion import lineage_card
+        from tlops.registry import resolve
+
+        typer.echo(lineage_card(resolve(model_uri)))
+
+    _guard(body)
+
+
+@app.command()
+def predict(
+    model_uri: ModelUriArg,
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classes per image")] = 3,
+    output: Annotated[
+        str, typer.Option("--format", help="table, json or csv", case_sensitive=False)
+    ] = "table",
+) -> None:
+    """Predict the top-k classes of images with a registered model (unreadable files reported)."""
+
+    def body() -> None:
+        from tlops.predict import format_predictions, predict_files
+
+        if output.lower() not in {"table", "json", "csv"}:
+            raise ConfigError(f"--format {output!r}: must be table, json or csv")
+        rows = predict_files(model_uri, paths, top_k)
+        typer.echo(format_predictions(rows, output.lower()))
+        if rows and all(r.error for r in rows):
+            raise typer.Exit(3)
+
+    _guard(body)
 
 
 #: Offline-first: no usage analytics unless the environment asks for them.

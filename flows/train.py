@@ -1,4 +1,4 @@
-"""The train flow: validate (subflow), then train, evaluate and track in MLflow."""
+"""The train flow: validate (subflow), train, evaluate, track in MLflow, gate, register."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
+from tasks.registry import gate_task, register_task
 from tasks.train import (
     evaluate_task,
     fail_tracking_task,
@@ -15,7 +16,9 @@ from tasks.train import (
     train_task,
 )
 from tlops.config import RunConfig
+from tlops.gate import Verdict
 from tlops.paths import run_dir
+from tlops.promotion import PromotionResult
 from tlops.steps import EvalSummary, TrainSummary
 from tlops.tracking import tracking_uri
 from tlops.validation import ValidationOutcome
@@ -31,7 +34,14 @@ class TrainOutcome(BaseModel):
     model_uri: str
     trained: TrainSummary
     evaluated: EvalSummary
+    verdict: Verdict
+    promotion: PromotionResult
     tracking_uri: str
+
+    @property
+    def exit_code(self) -> int:
+        """4 when the gate rejected the candidate (design section 7), else 0."""
+        return 4 if self.verdict.decision == "reject" else 0
 
     def summary(self) -> str:
         """A short Markdown summary for the console and CI."""
@@ -50,8 +60,11 @@ class TrainOutcome(BaseModel):
                 f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`",
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
+                f"- **{self.promotion.line()}**",
                 "- look at it: `make ui` (the default store), then the experiment of this config's"
                 " name: curves, confusion matrix, misclassified images under Artifacts",
+                "",
+                self.verdict.markdown(),
             ]
         )
 
@@ -72,11 +85,18 @@ def train_flow(config: RunConfig) -> TrainOutcome:
     except BaseException:
         fail_tracking_task(run_id)
         raise
+    data, manifest = validation.data, validation.manifest
+    verdict = gate_task(config, trained, evaluated, data, manifest, run_id, out_dir)
+    promotion = register_task(
+        config, verdict, trained, evaluated, data, manifest, run_id, model_uri, flow_run_id
+    )
     return TrainOutcome(
         validation=validation,
         run_id=run_id,
         model_uri=model_uri,
         trained=trained,
         evaluated=evaluated,
+        verdict=promotion.verdict,
+        promotion=promotion,
         tracking_uri=tracking_uri(),
     )

@@ -25,6 +25,12 @@ class ContractFailedError(DataError):
     """The image data contract failed; the message names the rules and the files (exit 3)."""
 
 
+class GateRejectedError(TlopsError):
+    """The gate rejected the candidate (exit 4)."""
+
+    exit_code = 4
+
+
 class ServiceError(TlopsError):
     """An external service failed: MLflow, Prefect, a DVC remote, git (exit 5)."""
 

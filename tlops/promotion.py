@@ -38,7 +38,7 @@ CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest"),
     "backbone": ("backbone", "backbone.weights", "backbone.weights_kind",
                  "backbone.weights_sha256", "backbone.lineage"),
-    "code": ("git.commit", "git.dirty", "lock.sha256"),
+    "code": ("git.commit", "git.dirty", "git.diff_sha256", "lock.sha256"),
     "environment": ("device", "backend", "precision", "strategy", "version.tensorflow",
                     "version.keras", "version.cuda", "version.jax", "prefect.flow_run_id"),
     "results": ("kept_phase", "metric.test_accuracy", "metric.test_macro_f1",
@@ -67,10 +67,14 @@ class PromotionResult(BaseModel):
 
 
 def gate_fingerprint(training_fingerprint: str, run_tags: dict[str, str]) -> str:
-    """Identity of data + config + code; '' when the code is dirty (then never "unchanged")."""
-    if run_tags.get("git.dirty") != "false":
+    """Identity of data + config + code (commit and uncommitted diff) + lock file.
+
+    '' when the code state is unknown (no git): such a candidate is never "unchanged".
+    """
+    code = [run_tags.get(k, "unknown") for k in ("git.commit", "git.diff_sha256", "lock.sha256")]
+    if "unknown" in code:
         return ""
-    blob = json.dumps([training_fingerprint, run_tags.get("git.commit", "")])
+    blob = json.dumps([training_fingerprint, *code])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -81,6 +85,17 @@ def candidate_evidence(
     rows = json.loads(Path(predictions_path).read_text(encoding="utf-8"))
     correct = [row["true"] == row["predicted"] for row in rows]
     return Evidence(metrics=metrics, correct=correct, classes=classes, fingerprint=fingerprint)
+
+
+def candidate_from_run(
+    cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, classes: list[str],
+    metrics: dict[str, float], predictions_path: str, run_tags: dict[str, str],
+) -> Evidence:  # fmt: skip
+    """The candidate's evidence, its fingerprint from the training inputs and the run's code."""
+    from tlops.steps import training_fingerprint
+
+    fingerprint = gate_fingerprint(training_fingerprint(cfg, data, manifest), run_tags)
+    return candidate_evidence(metrics, predictions_path, classes, fingerprint)
 
 
 def measure_version(
@@ -193,28 +208,31 @@ def promote(
             current = registry.version_by_alias(name, alias)
         return v, current
 
-    verdict, current = still_current(verdict)
-    if not verdict.passed:
-        return PromotionResult(verdict=verdict, model_name=name, rejudged=rejudged)
-    info = registry.register(name, run_id, model_uri, tags_for(verdict), "")
-    try:
-        registry.fault("after_register")
+    with registry.promotion_lock(name):
         verdict, current = still_current(verdict)
         if not verdict.passed:
-            registry.delete_version(name, info.version)
             return PromotionResult(verdict=verdict, model_name=name, rejudged=rejudged)
-        registry.fault("before_alias")
-        why = f"gate passed: {verdict.reason}"
-        registry.move_alias(name, alias, info.version, why, flow_run_id, run_id)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the original failure is what the user must see
-            registry.delete_version(name, info.version)
-        raise
-    if current is not None:
-        registry.move_alias(
-            name, cfg.registry.previous_alias, current.version,
-            f"replaced as {alias} by v{info.version}", flow_run_id, current.run_id,
-        )  # fmt: skip
+        info = registry.register(name, run_id, model_uri, tags_for(verdict), "")
+        try:
+            registry.fault("after_register")
+            verdict, current = still_current(verdict)
+            if not verdict.passed:
+                registry.delete_version(name, info.version)
+                return PromotionResult(verdict=verdict, model_name=name, rejudged=rejudged)
+            gate_tags = {k: v for k, v in tags_for(verdict).items() if k.startswith("gate.")}
+            registry.tag_version(name, info.version, gate_tags)
+            registry.fault("before_alias")
+            why = f"gate passed: {verdict.reason}"
+            registry.move_alias(name, alias, info.version, why, flow_run_id, run_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original failure is what the user must see
+                registry.delete_version(name, info.version)
+            raise
+        if current is not None:
+            registry.move_alias(
+                name, cfg.registry.previous_alias, current.version,
+                f"replaced as {alias} by v{info.version}", flow_run_id, current.run_id,
+            )  # fmt: skip
     promoted = registry.resolve(f"models:/{name}/{info.version}")
     registry.set_description(name, lineage_card(promoted))
     return PromotionResult(

@@ -7,9 +7,12 @@ move is appended to the ledger, kept as registered-model tags ``tlops.ledger.<ns
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +162,14 @@ def register(
     return _info(version)
 
 
+def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a version."""
+    with service(f"tag {name} v{version}"):
+        mlflow_client = client()
+        for key, value in tags.items():
+            mlflow_client.set_model_version_tag(name, version, key, value[:5000])
+
+
 def delete_version(name: str, version: str) -> None:
     """Remove a version (used when promotion fails after registering)."""
     with service(f"delete {name} v{version}"):
@@ -206,6 +217,29 @@ def ledger(name: str) -> list[LedgerEntry]:
             raise
     keys = sorted(k for k in (model.tags or {}) if k.startswith(LEDGER_PREFIX))
     return [LedgerEntry.model_validate_json(model.tags[k]) for k in keys]
+
+
+@contextmanager
+def promotion_lock(name: str) -> Iterator[None]:
+    """Serialize promotions of ``name`` in one tracking store among flows on this machine.
+
+    An exclusive ``flock`` on a file under ``$TLOPS_CACHE/locks``. Flows on other machines are
+    not covered: for them the re-check of the champion just before the alias moves narrows the
+    race to the moment between that read and the move.
+    """
+    import fcntl
+
+    from tlops.dataversion import default_cache_root
+
+    key = hashlib.sha256(f"{tracking_uri()}\n{name}".encode()).hexdigest()[:24]
+    path = default_cache_root() / "locks" / f"promote-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fault(point: str) -> None:

@@ -95,6 +95,13 @@ def set_tags(run_id: str, tags: dict[str, str], mlflow_client: Any = None) -> No
             mlflow_client.log_batch(run_id, tags=chunk)
 
 
+def get_tags(run_id: str) -> dict[str, str]:
+    """The tags of a run."""
+    with service("read the run"):
+        tags: dict[str, str] = dict(client().get_run(run_id).data.tags)
+    return tags
+
+
 def log_dataset(run_id: str, data: DataVersion, manifest_digest: str, context: str) -> None:
     """Log the DVC dataset as an MLflow input: digest = DVC md5, source = the remote URL."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source

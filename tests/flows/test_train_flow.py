@@ -12,35 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import commit_data, init_repo, tlops_cli
-from PIL import Image
+from conftest import SMOKE, TINY, commit_data, init_repo, tlops_cli, write_shapes
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
-TINY = [
-    "--set", "backbone.name=tiny_cnn", "--set", "backbone.weights=none",
-    "--set", "data.image_size=16", "--set", "train.batch_size=8",
-    "--set", "train.frozen.epochs=1", "--set", "train.fine_tune.epochs=1",
-    "--set", "evaluate.latency_repeats=2",
-]  # fmt: skip
-
-
-def write_shapes(root: Path, per_class: int = 6) -> None:
-    """Three learnable classes: bright left half, bright right half, bright top half."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", 3), ("test", 3)):
-        for label in ("left", "right", "top"):
-            folder = root / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (20, 20, 3)).astype(np.uint8)
-                if label == "left":
-                    img[:, :10] += 150
-                elif label == "right":
-                    img[:, 10:] += 150
-                else:
-                    img[:10] += 150
-                Image.fromarray(img).save(folder / f"{label}_{i}.png")
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""Gate, registration, promotion, ledger, lineage and prediction against a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SMOKE, TINY, commit_data, init_repo, tlops_cli, write_shapes
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRST = "gate.values=[{metric: test_accuracy, min: 0.0}]"
+IMPOSSIBLE = "gate.changes=[{metric: test_accuracy, min_delta: 2.0}]"
+ANY_CHANGE = "gate.changes=[{metric: test_accuracy, min_delta: -1.0}]"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    init_repo(repo, tmp_path / "remote")
+    write_shapes(repo / "data")
+    commit_data(repo, "shapes")
+    return repo
+
+
+@pytest.fixture
+def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+def train_args(repo: Path, name: str, *sets: str) -> list[str]:
+    extra = [item for s in sets for item in ("--set", s)]
+    return ["train", SMOKE, "--set", f"data.repo={repo}", "--set", f"name={name}", *TINY, *extra]
+
+
+def test_promote_reject_promote_with_ledger_lineage_and_predict(
+    repo: Path, tracked: str, prefect_api: str, tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = "shapes-gated"
+    client = MlflowClient(tracked)
+
+    # 1. no rules: trained and logged, nothing registered
+    done = tlops_cli(train_args(repo, name), prefect_api)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no gate rules configured: nothing is promoted" in done.stdout
+    assert not client.search_model_versions(f"name='{name}'")
+
+    # 2. first candidate with a value rule and no champion: promoted, change rules skipped
+    done = tlops_cli(train_args(repo, name, FIRST, ANY_CHANGE), prefect_api)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"promoted: {name} v1 is champion" in done.stdout
+    assert "skipped (no champion yet)" in done.stdout
+    v1 = client.get_model_version_by_alias(name, "champion")
+    assert v1.version == "1"
+
+    # 3. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named
+    done = tlops_cli(train_args(repo, name, IMPOSSIBLE, "train.seed=1"), prefect_api)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "gate: reject" in done.stdout and "test_accuracy vs champion" in done.stdout
+    assert "| FAIL |" in done.stdout
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+    rejected = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], "tags.`gate.decision` = 'reject'"
+    )
+    assert len(rejected) == 1 and rejected[0].data.tags["gate.champion_compared"] == "1"
+    verdict = json.loads(
+        Path(client.download_artifacts(rejected[0].info.run_id, "gate/gate_verdict.json"))
+        .read_text()
+    )
+    assert verdict["decision"] == "reject"
+    assert verdict["results"][0]["threshold"] == "+delta >= 2"
+
+    # 4. a candidate allowed any change: promoted; previous points at v1
+    done = tlops_cli(train_args(repo, name, ANY_CHANGE, "train.seed=2"), prefect_api)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"promoted: {name} v2 is champion (previous: v1)" in done.stdout
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version_by_alias(name, "previous").version == "1"
+
+    # the version carries the lineage record
+    v2 = client.get_model_version(name, "2")
+    pointer = (repo / "data.dvc").read_text()
+    assert v2.tags["data.md5"] in pointer
+    assert v2.tags["backbone"] == "tiny_cnn" and v2.tags["backbone.weights_sha256"]
+    assert v2.tags["gate.decision"] == "promote" and v2.tags["gate.champion_compared"] == "1"
+    for key in ("git.commit", "lock.sha256", "prefect.flow_run_id", "version.keras", "device"):
+        assert v2.tags[key], key
+    assert "seed: 2" in v2.tags["config"]
+    assert "data.md5" in client.get_registered_model(name).description
+
+    # ledger: both champion moves, the previous move, in order
+    history = tlops_cli(["history", name], prefect_api)
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.strip().splitlines()
+    assert "@champion: (none) -> v1" in lines[0]
+    assert "@champion: v1 -> v2" in lines[1]
+    assert "@previous: (none) -> v1" in lines[2]
+
+    # lineage card
+    card = tlops_cli(["lineage", f"models:/{name}@champion"], prefect_api)
+    assert card.returncode == 0, card.stderr
+    assert f"## {name} v2" in card.stdout and v2.tags["data.md5"] in card.stdout
+    assert "### gate" in card.stdout and "### config" in card.stdout
+    missing = tlops_cli(["lineage", f"models:/{name}@nobody"], prefect_api)
+    assert missing.returncode == 2 and "no registered model" in missing.stderr
+
+    # predict: files and folders, an unreadable file reported, JSON out
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    left = repo / "data" / "test" / "left"
+    done = tlops_cli(
+        ["predict", f"models:/{name}@champion", str(left), str(bad), "--format", "json",
+         "--top-k", "2"], prefect_api,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 4 and rows[-1]["error"]
+    assert all(len(r["top"]) == 2 for r in rows[:3])
+    assert {label for r in rows[:3] for label, _ in r["top"]} <= {"left", "right", "top"}
+    csv_out = tlops_cli(["predict", f"models:/{name}/1", str(left), "--format", "csv"], prefect_api)
+    assert csv_out.stdout.splitlines()[0] == "path,rank,class,probability,error"
+
+    # pyfunc: the registered version predicts on a batch of images
+    mlflow.set_tracking_uri(tracked)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    probs = np.asarray(model.predict(np.zeros((3, 16, 16, 3), dtype=np.float32)))
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_concurrent_candidates_never_both_become_champion(
+    repo: Path, tracked: str, prefect_api: str
+) -> None:
+    from mlflow import MlflowClient
+
+    name = "shapes-race"
+    env = {
+        **os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": tracked,
+    }  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli",
+             *train_args(repo, name, FIRST, IMPOSSIBLE, f"train.seed={seed}")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for seed in (11, 12)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 4], outputs
+    client = MlflowClient(tracked)
+    (version,) = client.search_model_versions(f"name='{name}'")
+    assert client.get_model_version_by_alias(name, "champion").version == version.version
+    loser = next(out for p, out in zip(procs, outputs, strict=True) if p.returncode == 4)
+    assert "test_accuracy vs champion" in loser[0]  # judged against the winner, not "none"
+
+
+@pytest.mark.parametrize("point", ["after_register", "before_alias"])
+def test_failure_while_promoting_leaves_nothing_half_written(
+    repo: Path, tracked: str, prefect_api: str, point: str
+) -> None:
+    from mlflow import MlflowClient
+
+    name = f"shapes-fault-{point.replace('_', '-')}"
+    done = tlops_cli(train_args(repo, name, FIRST), prefect_api, TLOPS_FAULT=point)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"injected failure at {point}" in done.stdout + done.stderr
+    client = MlflowClient(tracked)
+    assert not client.search_model_versions(f"name='{name}'")
+    history = tlops_cli(["history", name], prefect_api)
+    assert "no alias has moved yet" in history.stdout
