@@ -47,13 +47,8 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     name = "shapes-gated"
     client = MlflowClient(tracked)
 
-    # 1. no rules: trained and logged, nothing registered
-    done = tlops_cli(train_args(repo, name), prefect_api)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "no gate rules configured: nothing is promoted" in done.stdout
-    assert not client.search_model_versions(f"name='{name}'")
-
-    # 2. first candidate with a value rule and no champion: promoted, change rules skipped
+    # (no rules: test_train_flow's complete run registers nothing)
+    # 1. first candidate, a value rule, no champion: promoted, change rules skipped
     done = tlops_cli(train_args(repo, name, FIRST, ANY_CHANGE), prefect_api)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"promoted: {name} v1 is champion" in done.stdout
@@ -61,7 +56,7 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     v1 = client.get_model_version_by_alias(name, "champion")
     assert v1.version == "1"
 
-    # 3. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named
+    # 2. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named
     done = tlops_cli(train_args(repo, name, IMPOSSIBLE, "train.seed=1"), prefect_api)
     assert done.returncode == 4, done.stdout + done.stderr
     assert "gate: reject" in done.stdout and "test_accuracy vs champion" in done.stdout
@@ -78,7 +73,7 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     assert verdict["decision"] == "reject"
     assert verdict["results"][0]["threshold"] == "+delta >= 2"
 
-    # 4. a candidate allowed any change: promoted; previous points at v1
+    # 3. a candidate allowed any change: promoted; previous points at v1
     done = tlops_cli(train_args(repo, name, ANY_CHANGE, "train.seed=2"), prefect_api)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"promoted: {name} v2 is champion (previous: v1)" in done.stdout
@@ -145,13 +140,11 @@ def test_concurrent_candidates_never_both_become_champion(
         **os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(ROOT),
         "MLFLOW_TRACKING_URI": tracked,
     }  # fmt: skip
+    cli = [sys.executable, "-m", "flows.cli"]
+    commands = [[*cli, *train_args(repo, name, FIRST, IMPOSSIBLE, f"train.seed={s}")] for s in (11, 12)]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "flows.cli",
-             *train_args(repo, name, FIRST, IMPOSSIBLE, f"train.seed={seed}")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        for seed in (11, 12)
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in commands
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
     codes = sorted(p.returncode for p in procs)
@@ -163,12 +156,13 @@ def test_concurrent_candidates_never_both_become_champion(
     assert "test_accuracy vs champion" in loser[0]  # judged against the winner, not "none"
 
 
-@pytest.mark.parametrize("point", ["after_register", "before_alias"])
 def test_failure_while_promoting_leaves_nothing_half_written(
-    repo: Path, tracked: str, prefect_api: str, point: str
+    repo: Path, tracked: str, prefect_api: str
 ) -> None:
+    """A failure after the version is registered and tagged, before the alias moves."""
     from mlflow import MlflowClient
 
+    point = "before_alias"
     name = f"shapes-fault-{point.replace('_', '-')}"
     done = tlops_cli(train_args(repo, name, FIRST), prefect_api, TLOPS_FAULT=point)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -44,6 +44,8 @@ def test_train_logs_a_complete_run(
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout
     assert "kept **" in output
+    # no gate rules in the config: trained and logged, never registered
+    assert "no gate rules configured: nothing is promoted" in output
 
     client = MlflowClient(tracked)
     experiment = client.get_experiment_by_name(name)
@@ -86,6 +88,8 @@ def test_train_logs_a_complete_run(
     probs = model.predict(np.zeros((2, 16, 16, 3), dtype=np.float32), verbose=0)
     assert probs.shape == (2, 3)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert not client.search_model_versions(f"name='{name}'")
+    assert run.data.tags["gate.decision"] == "no_rules"
 
 
 def _checkpoint_state(home: Path) -> dict[str, object] | None:
