@@ -67,8 +67,9 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     )
     assert len(rejected) == 1 and rejected[0].data.tags["gate.champion_compared"] == "1"
     verdict = json.loads(
-        Path(client.download_artifacts(rejected[0].info.run_id, "gate/gate_verdict.json"))
-        .read_text()
+        Path(
+            client.download_artifacts(rejected[0].info.run_id, "gate/gate_verdict.json")
+        ).read_text()
     )
     assert verdict["decision"] == "reject"
     assert verdict["results"][0]["threshold"] == "+delta >= 2"
@@ -141,7 +142,8 @@ def test_concurrent_candidates_never_both_become_champion(
         "MLFLOW_TRACKING_URI": tracked,
     }  # fmt: skip
     cli = [sys.executable, "-m", "flows.cli"]
-    commands = [[*cli, *train_args(repo, name, FIRST, IMPOSSIBLE, f"train.seed={s}")] for s in (11, 12)]
+    rules = (FIRST, IMPOSSIBLE)
+    commands = [[*cli, *train_args(repo, name, *rules, f"train.seed={s}")] for s in (11, 12)]
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for cmd in commands
