@@ -15,12 +15,17 @@ setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
 		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --extra $(EXTRA)
 
-demo: setup  ## the main job on the embedded default, offline: sample, DVC, validate, train
+demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, register; vs scratch
 	$(BIN)/tlops sample --out data --if-missing
 	$(BIN)/dvc add data
 	$(BIN)/dvc push
+	$(BIN)/tlops pretrain configs/demo-source.yaml
 	$(BIN)/tlops train $(CONFIG)
-	@echo "Open the MLflow UI with 'make ui' (http://127.0.0.1:$(MLFLOW_PORT)), experiment 'digits'."
+	$(BIN)/tlops train $(CONFIG) --set name=digits-scratch --set backbone.weights=none \
+		--set "gate.values=[]" --set "gate.changes=[]"
+	$(BIN)/tlops compare digits digits-scratch
+	@echo "Open the MLflow UI with 'make ui' (http://127.0.0.1:$(MLFLOW_PORT)): experiments"
+	@echo "'glyphs', 'digits', 'digits-scratch'; Models: glyphs-backbone, digits (@champion)."
 
 test: setup  ## the whole test suite (unit + flows with real services)
 	$(BIN)/pytest -q

@@ -215,6 +215,47 @@ def train(
     _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty)
 
 
+@app.command()
+def pretrain(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    data_rev: RevOpt = None,
+    allow_dirty: DirtyOpt = False,
+) -> None:
+    """Train on a source dataset and register the backbone (not the classifier) if the gate
+    passes; a train config then names it as ``backbone.weights: models:/NAME@champion``."""
+    overrides = [*(set_ or []), "registry.kind=backbone"]
+    _run_flow("flows.train", "train_flow", config, overrides, data_rev, allow_dirty)
+
+
+@app.command()
+def compare(
+    experiments: Annotated[list[str], typer.Argument(help="experiment (run config) names")],
+    metric: Annotated[str, typer.Option(help="metric to compare")] = "test_accuracy",
+) -> None:
+    """Compare the latest finished run of experiments on one metric (the first is the reference)."""
+
+    def body() -> None:
+        from tlops.tracking import latest_run
+
+        rows = [(name, latest_run(name)) for name in experiments]
+        missing = [name for name, run in rows if run is None]
+        if missing:
+            raise ConfigError(f"no finished run in experiment(s): {', '.join(missing)}")
+        reference = float(rows[0][1]["metrics"].get(metric, float("nan")))  # type: ignore[index]
+        typer.echo(f"| experiment | backbone weights | {metric} | vs {experiments[0]} |")
+        typer.echo("|---|---|---|---|")
+        for name, run in rows:
+            assert run is not None
+            value = float(run["metrics"].get(metric, float("nan")))
+            weights = run["tags"].get("backbone.weights", "?")
+            typer.echo(
+                f"| {name} | {weights} | {value:.4f} | {100 * (value - reference):+.1f} points |"
+            )
+
+    _guard(body)
+
+
 ModelUriArg = Annotated[
     str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
 ]

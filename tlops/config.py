@@ -331,6 +331,11 @@ class RegistryConfig(_Section):
     model_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="default: the run name"
     )
+    kind: Literal["classifier", "backbone"] = Field(
+        "classifier",
+        description="what a promotion registers: the classifier, or (tlops pretrain) its "
+        "backbone, for later configs to name as backbone.weights: models:/NAME@ALIAS",
+    )
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     previous_alias: str = Field("previous", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 

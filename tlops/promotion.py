@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from tlops import registry
 from tlops.config import RunConfig, dump_config
 from tlops.dataversion import DataVersion
-from tlops.errors import ServiceError
+from tlops.errors import ServiceError, TlopsError
 from tlops.gate import Evidence, Verdict, decide
 from tlops.inputs import load_images, read_split
 from tlops.validation import ManifestInfo
@@ -37,7 +37,7 @@ from tlops.validation import ManifestInfo
 CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest"),
     "backbone": ("backbone", "backbone.weights", "backbone.weights_kind",
-                 "backbone.weights_sha256", "backbone.lineage"),
+                 "backbone.weights_sha256", "backbone.model_version", "backbone.lineage"),
     "code": ("git.commit", "git.dirty", "git.diff_sha256", "lock.sha256"),
     "environment": ("device", "backend", "precision", "strategy", "version.tensorflow",
                     "version.keras", "version.cuda", "version.jax", "prefect.flow_run_id"),
@@ -114,7 +114,7 @@ def measure_version(
     test = read_split(manifest.manifest_path, data.images_root, "test")
     fingerprint = info.tags.get("tlops.fingerprint", "")
     with tempfile.TemporaryDirectory() as tmp:
-        keras_file, meta = registry.model_files(registry.download(info, Path(tmp)))
+        keras_file, meta = registry.model_files(registry.download_classifier(info, Path(tmp)))
         classes = [str(c) for c in meta["classes"]]
         if classes != test.classes:
             return Evidence(metrics={}, correct=[], classes=classes, fingerprint=fingerprint,
@@ -166,8 +166,12 @@ def lineage_tags(
     }
 
 
-def lineage_card(info: registry.VersionInfo) -> str:
-    """The lineage card of a version, as Markdown (also its description)."""
+def lineage_card(info: registry.VersionInfo, depth: int = 0) -> str:
+    """The lineage card of a version, as Markdown (also its description).
+
+    A backbone registered by ``pretrain`` brings its own card, so the chain reaches the
+    backbone's data.
+    """
     tags = info.tags
     lines = [f"## {info.name} v{info.version}", ""]
     if info.run_id:
@@ -180,6 +184,13 @@ def lineage_card(info: registry.VersionInfo) -> str:
             lines += ["", f"### {section}"] + [f"- {k}: `{v}`" for k, v in present]
     if "config" in tags:
         lines += ["", "### config", "```yaml", tags["config"].rstrip(), "```"]
+    source = tags.get("backbone.model_version", "")
+    if source.startswith("models:/") and depth < 3:
+        lines += ["", f"### backbone lineage ({source})", ""]
+        try:
+            lines.append(lineage_card(registry.resolve(source), depth + 1))
+        except TlopsError as exc:
+            lines.append(f"(not available: {exc})")
     return "\n".join(lines)
 
 

@@ -127,6 +127,20 @@ def download(info: VersionInfo, dest: Path) -> Path:
     return Path(local)
 
 
+def download_classifier(info: VersionInfo, dest: Path) -> Path:
+    """The classifier of a version's run (for a backbone version, the model it was trained in)."""
+    if not info.run_id:
+        return download(info, dest)
+    import mlflow.artifacts
+
+    with service(f"download the classifier of {info.name} v{info.version}"):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{info.run_id}/model", dst_path=str(dest),
+            tracking_uri=tracking_uri(),
+        )  # fmt: skip
+    return Path(local)
+
+
 def model_files(folder: Path) -> tuple[Path, dict[str, Any]]:
     """The ``.keras`` file and the tlops metadata (classes, image size) of a model folder."""
     keras_file = folder / "data" / "model.keras"

@@ -46,6 +46,8 @@ class TrainSummary(BaseModel):
     runtime_tags: dict[str, str]
     images_per_s: dict[str, float]
     trainable_params: dict[str, int]
+    backbone_tags: dict[str, str] = {}
+    backbone_path: str = ""
 
 
 class EvalSummary(BaseModel):
@@ -58,16 +60,46 @@ class EvalSummary(BaseModel):
     predictions_path: str = ""
 
 
-def _weights_arg(weights: str) -> str | None:
-    """The config's weights as ``build_base`` takes them (``none`` means random)."""
+BACKBONE_FILE = "backbone.weights.h5"
+
+
+def _weights_arg(cfg: RunConfig, run_dir: Path) -> tuple[str | None, dict[str, str]]:
+    """The config's weights as ``build_base`` takes them, and lineage tags of their source.
+
+    ``none`` means random; ``models:/NAME@ALIAS`` (or ``/VERSION``) is a backbone registered
+    by ``tlops pretrain``: downloaded into the run folder, checked to be a backbone of the same
+    architecture, and recorded with the version and the data it was trained on.
+    """
+    weights = cfg.backbone.weights
     if weights == "none":
-        return None
-    if weights.startswith("models:/") or weights.startswith("runs:/"):
+        return None, {}
+    if weights.startswith("runs:/"):
+        raise ConfigError(f"backbone.weights: {weights!r}: use a registered models:/ URI")
+    if not weights.startswith("models:/"):
+        return weights, {}
+    from tlops import registry
+
+    info = registry.resolve(weights)
+    folder = registry.download(info, run_dir / "backbone_model")
+    meta_file = folder / "tlops.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    if meta.get("kind") != "backbone" or not (folder / BACKBONE_FILE).is_file():
         raise ConfigError(
-            f"backbone.weights: {weights!r}: backbones registered by pretrain are not supported "
-            "yet (use imagenet, none or a weights file)"
+            f"backbone.weights: {weights} (v{info.version}) is not a backbone registered by "
+            "tlops pretrain"
         )
-    return weights
+    if meta.get("backbone") != cfg.backbone.name:
+        raise ConfigError(
+            f"backbone.weights: {weights} is a {meta.get('backbone')} backbone, but "
+            f"backbone.name is {cfg.backbone.name}"
+        )
+    source = {k: info.tags.get(k, "") for k in ("data.md5", "data.rev", "data.remote")}
+    lineage = {"model": f"models:/{info.name}/{info.version}", "run_id": info.run_id, **source}
+    tags = {
+        "backbone.model_version": f"models:/{info.name}/{info.version}",
+        "backbone.lineage": json.dumps(lineage, sort_keys=True),
+    }
+    return str(folder / BACKBONE_FILE), tags
 
 
 def training_fingerprint(cfg: RunConfig, data: DataVersion, manifest: ManifestInfo) -> str:
@@ -103,7 +135,7 @@ def train_model(
     runtime = configure(cfg.train)
     train_split, val_split = _splits(manifest, data)
     spec = get_spec(cfg.backbone.name)
-    weights = _weights_arg(cfg.backbone.weights)
+    weights, backbone_tags = _weights_arg(cfg, run_dir)
     with strategy_scope(runtime):
         base = tl_model.build_base(spec, cfg.data.image_size, weights, cfg.backbone.alpha)
         kind, digest = tl_model.weights_fingerprint(base, weights)
@@ -136,6 +168,10 @@ def train_model(
     result = train(clf, cfg, inputs)
     model_path = run_dir / "model.keras"
     clf.model.save(model_path)
+    backbone_path = ""
+    if cfg.registry.kind == "backbone":
+        clf.base.save_weights(run_dir / BACKBONE_FILE)
+        backbone_path = str(run_dir / BACKBONE_FILE)
     result_path = run_dir / "training.json"
     result_path.write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
     shutil.rmtree(inputs.checkpoint_dir, ignore_errors=True)
@@ -155,6 +191,8 @@ def train_model(
         runtime_tags=runtime.tags(),
         images_per_s={p.name: p.images_per_s for p in result.phases},
         trainable_params={p.name: p.trainable_params for p in result.phases},
+        backbone_tags=backbone_tags,
+        backbone_path=backbone_path,
     )
 
 
@@ -290,6 +328,7 @@ def record_run(
             "feature_cache": trained.feature_cache,
             "resumed_at": trained.resumed_at or "none",
             **trained.runtime_tags,
+            **trained.backbone_tags,
         },
     )
     summary = {f"best_{k}": v for k, v in trained.phase_best.items() if v is not None}
@@ -314,4 +353,18 @@ def record_run(
         "backbone": cfg.backbone.name,
         "input": "float32 RGB 0..255, (n, size, size, 3); preprocessing is inside the model",
     }
-    return tracking.log_keras_model(run_id, model, example, meta)
+    model_uri = tracking.log_keras_model(run_id, model, example, meta)
+    if not trained.backbone_path:
+        return model_uri
+    backbone_meta = {
+        "kind": "backbone",
+        "backbone": cfg.backbone.name,
+        "alpha": cfg.backbone.alpha,
+        "image_size": size,
+        "pretrained_on": trained.classes,
+        "use": "backbone.weights: models:/NAME@ALIAS in a train config with the same backbone.name",
+    }
+    meta_file = run_dir / "tlops.json"
+    meta_file.write_text(json.dumps(backbone_meta, indent=1), encoding="utf-8")
+    tracking.log_artifacts(run_id, {"backbone": [Path(trained.backbone_path), meta_file]})
+    return f"runs:/{run_id}/backbone"

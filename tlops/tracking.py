@@ -102,6 +102,23 @@ def get_tags(run_id: str) -> dict[str, str]:
     return tags
 
 
+def latest_run(experiment: str) -> dict[str, Any] | None:
+    """The newest FINISHED run of an experiment: id, metrics and tags (None if there is none)."""
+    with service(f"read experiment {experiment}"):
+        mlflow_client = client()
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = mlflow_client.search_runs(
+            [found.experiment_id], "attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )  # fmt: skip
+    if not runs:
+        return None
+    run = runs[0]
+    return {"run_id": run.info.run_id, "metrics": run.data.metrics, "tags": run.data.tags}
+
+
 def log_dataset(run_id: str, data: DataVersion, manifest_digest: str, context: str) -> None:
     """Log the DVC dataset as an MLflow input: digest = DVC md5, source = the remote URL."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source

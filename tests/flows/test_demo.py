@@ -1,4 +1,4 @@
-"""The demo's steps on a fresh clone of this project: sample, DVC add + push, validate."""
+"""The demo's steps on a fresh clone: sample, DVC add + push, validate, pretrain, train, lineage."""
 
 from __future__ import annotations
 
@@ -42,10 +42,30 @@ def test_demo_steps_on_a_fresh_clone(tmp_path: Path, prefect_api: str) -> None:
     source = tlops("validate", "configs/demo-source.yaml")
     assert source.returncode == 0, source.stdout + source.stderr
     assert "files: 4420" in source.stdout
-    # the demo's training, shortened; tracked in the clone's own SQLite store
+    # the demo's chain, shortened: pretrain a backbone on the source part, register it, train
+    # the target on it; tracked in the clone's own SQLite store
     env.pop("MLFLOW_TRACKING_URI", None)
-    train = tlops("train", "configs/demo.yaml", "--set", "train.fine_tune.epochs=2")
+    short = ["--set", "train.fine_tune.epochs=2", "--set"]
+    quick = [*short, "gate.values=[{metric: loss_never_logged, max: 1}]"]
+    rejected = tlops("pretrain", "configs/demo-source.yaml", *quick)
+    assert rejected.returncode == 4, rejected.stdout + rejected.stderr
+    assert "no metric named 'loss_never_logged'" in rejected.stdout
+    lenient = [*short, "gate.values=[{metric: test_accuracy, min: 0}]"]
+    pretrain = tlops("pretrain", "configs/demo-source.yaml", *lenient)
+    assert pretrain.returncode == 0, pretrain.stdout + pretrain.stderr
+    assert "promoted: glyphs-backbone v1 is champion" in pretrain.stdout
+    train = tlops("train", "configs/demo.yaml", *lenient, "--set", "train.frozen.epochs=1")
     assert train.returncode == 0, train.stdout + train.stderr
-    assert "### tlops train: done" in train.stdout
+    assert "promoted: digits v1 is champion" in train.stdout
     assert (clone / "mlflow" / "mlflow.db").is_file()
     assert list((clone / "mlflow" / "artifacts").rglob("model.keras"))
+    # the fine-tuned model's lineage reaches the backbone version and the backbone's data
+    card = tlops("lineage", "models:/digits@champion")
+    assert card.returncode == 0, card.stderr
+    assert "backbone.model_version: `models:/glyphs-backbone/1`" in card.stdout
+    assert "### backbone lineage (models:/glyphs-backbone/1)" in card.stdout
+    assert card.stdout.count("data.md5: `e90bd4910e2c497e8fb540186b52483c.dir`") == 2
+    assert "subdir: source" in card.stdout and "subdir: target" in card.stdout
+    # a backbone of another architecture is refused, naming the field
+    wrong = tlops("train", "configs/demo.yaml", "--set", "backbone.name=mobilenet_v2")
+    assert wrong.returncode == 2 and "backbone.weights" in wrong.stderr
