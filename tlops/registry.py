@@ -119,10 +119,10 @@ def download(info: VersionInfo, dest: Path) -> Path:
     import mlflow.artifacts
 
     with service(f"download model {info.name} v{info.version}"):
+        # the version's source URI, not models:/ (whose resolution ignores tracking_uri and
+        # reads MLflow's global registry URI)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{info.name}/{info.version}",
-            dst_path=str(dest),
-            tracking_uri=tracking_uri(),
+            artifact_uri=info.source, dst_path=str(dest), tracking_uri=tracking_uri()
         )
     return Path(local)
 
