@@ -45,6 +45,11 @@ DirtyOpt = Annotated[
 ]
 
 
+ModelUriArg = Annotated[
+    str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
+]
+
+
 def _fail(exc: TlopsError) -> typer.Exit:
     """Print a one-line cause to stderr and turn it into the exit code of its kind."""
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -229,6 +234,35 @@ def pretrain(
 
 
 @app.command()
+def reproduce(model_uri: ModelUriArg) -> None:
+    """Retrain a registered version with its data revision and config; print metric changes.
+
+    The rerun is tracked like any run (same experiment, tag ``tlops.reproduces``) but never
+    registered: its gate rules are cleared.
+    """
+
+    def body() -> None:
+        import tempfile
+
+        from tlops.promotion import reproduction_config, reproduction_report
+        from tlops.registry import resolve
+
+        info = resolve(model_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = reproduction_config(info, Path(tmp))
+        run_flow = importlib.import_module("flows.train").train_flow
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            _start_prefect_api(PRELOAD["train_flow"])
+        outcome = run_flow(cfg)
+        from tlops.tracking import set_tags
+
+        set_tags(outcome.run_id, {"tlops.reproduces": f"models:/{info.name}/{info.version}"})
+        _publish_summary(reproduction_report(info, outcome.evaluated.metrics, outcome.run_id))
+
+    _guard(body)
+
+
+@app.command()
 def compare(
     experiments: Annotated[list[str], typer.Argument(help="experiment (run config) names")],
     metric: Annotated[str, typer.Option(help="metric to compare")] = "test_accuracy",
@@ -254,11 +288,6 @@ def compare(
             )
 
     _guard(body)
-
-
-ModelUriArg = Annotated[
-    str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
-]
 
 
 @app.command()

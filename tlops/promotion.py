@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from tlops import registry
 from tlops.config import RunConfig, dump_config
 from tlops.dataversion import DataVersion
-from tlops.errors import ServiceError, TlopsError
+from tlops.errors import ConfigError, ServiceError, TlopsError
 from tlops.gate import Evidence, Verdict, decide
 from tlops.inputs import load_images, read_split
 from tlops.validation import ManifestInfo
@@ -250,6 +250,43 @@ def promote(
         verdict=verdict, model_name=name, version=info.version,
         previous_version=current.version if current else None, rejudged=rejudged,
     )  # fmt: skip
+
+
+REPRODUCED = ("test_accuracy", "test_macro_f1", "latency_ms_batch1", "model_size_mb")
+
+
+def reproduction_config(info: registry.VersionInfo, tmp: Path) -> RunConfig:
+    """A version's resolved config at its data revision, with the gate cleared."""
+    from tlops.config import load_config
+
+    if "config" not in info.tags or "data.rev" not in info.tags:
+        raise ConfigError(f"{info.name} v{info.version}: no config / data.rev tags to reproduce")
+    path = tmp / "config.yaml"
+    path.write_text(info.tags["config"], encoding="utf-8")
+    overrides = [
+        f"data.rev={json.dumps(info.tags['data.rev'])}", "data.allow_dirty=false",
+        "gate.values=[]", "gate.changes=[]", "gate.mcnemar_p=null", "gate.max_recall_drop=null",
+    ]  # fmt: skip
+    return load_config(path, overrides)
+
+
+def reproduction_report(info: registry.VersionInfo, metrics: dict[str, float], run_id: str) -> str:
+    """Markdown: the original version's metrics next to the rerun's."""
+    lines = [
+        f"### tlops reproduce: {info.name} v{info.version} (rerun: MLflow run `{run_id}`)",
+        "",
+        "| metric | original | rerun | difference |",
+        "|---|---|---|---|",
+    ]
+    for name in REPRODUCED:
+        old = info.tags.get(f"metric.{name}")
+        new = metrics.get(name)
+        if old is None or new is None:
+            continue
+        lines.append(f"| {name} | {float(old):.4f} | {new:.4f} | {new - float(old):+.4f} |")
+    if info.tags.get("data.dirty") == "true" or info.tags.get("git.dirty") == "true":
+        lines.append("\nnote: the original ran on a dirty tree; the rerun uses committed state")
+    return "\n".join(lines)
 
 
 def describe(info: registry.VersionInfo) -> dict[str, Any]:

@@ -108,6 +108,19 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     missing = tlops_cli(["lineage", f"models:/{name}@nobody"], prefect_api)
     assert missing.returncode == 2 and "no registered model" in missing.stderr
 
+    # reproduce: same data rev and config, tracked, never registered, metrics compared
+    again = tlops_cli(["reproduce", f"models:/{name}/2"], prefect_api)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"### tlops reproduce: {name} v2" in again.stdout
+    row = next(line for line in again.stdout.splitlines() if line.startswith("| test_accuracy |"))
+    assert row.split("|")[2].strip() == f"{float(v2.tags['metric.test_accuracy']):.4f}"
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    rerun = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id],
+        f"tags.`tlops.reproduces` = 'models:/{name}/2'",
+    )
+    assert len(rerun) == 1 and rerun[0].data.params["train.seed"] == "2"
+
     # predict: files and folders, an unreadable file reported, JSON out
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
