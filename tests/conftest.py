@@ -199,3 +199,20 @@ def write_shapes(root: Path, per_class: int = 6) -> None:
                 else:
                     img[:10] += 150
                 Image.fromarray(img).save(folder / f"{label}_{i}.png")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git + DVC repo (local remote) holding the three-class shapes dataset, committed."""
+    repo = tmp_path / "repo"
+    init_repo(repo, tmp_path / "remote")
+    write_shapes(repo / "data")
+    commit_data(repo, "shapes")
+    return repo
+
+
+@pytest.fixture
+def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's real ``mlflow server`` as this test's MLFLOW_TRACKING_URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server

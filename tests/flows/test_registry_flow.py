@@ -9,28 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import SMOKE, TINY, commit_data, init_repo, tlops_cli, write_shapes
+from conftest import SMOKE, TINY, tlops_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = "gate.values=[{metric: test_accuracy, min: 0.0}]"
 IMPOSSIBLE = "gate.changes=[{metric: test_accuracy, min_delta: 2.0}]"
 ANY_CHANGE = "gate.changes=[{metric: test_accuracy, min_delta: -1.0}]"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    init_repo(repo, tmp_path / "remote")
-    write_shapes(repo / "data")
-    commit_data(repo, "shapes")
-    return repo
-
-
-@pytest.fixture
-def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return mlflow_server
 
 
 def train_args(repo: Path, name: str, *sets: str) -> list[str]:

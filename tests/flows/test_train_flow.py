@@ -11,25 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import SMOKE, TINY, commit_data, init_repo, tlops_cli, write_shapes
+from conftest import SMOKE, TINY, tlops_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    init_repo(repo, tmp_path / "remote")
-    write_shapes(repo / "data")
-    commit_data(repo, "shapes")
-    return repo
-
-
-@pytest.fixture
-def tracked(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return mlflow_server
 
 
 def test_train_logs_a_complete_run(
