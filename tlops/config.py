@@ -54,6 +54,11 @@ class DataConfig(_Section):
         False, description="accept a working tree whose data does not match the pointer"
     )
     image_size: int = Field(32, ge=16, le=1024, description="side of the square model input")
+    train_per_class: int | None = Field(
+        None, ge=1,
+        description="label budget: train on at most this many images per class (the first by "
+        "path); null = all",
+    )  # fmt: skip
 
     @field_validator("subdir")
     @classmethod
@@ -248,6 +253,12 @@ class TrainConfig(_Section):
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     seed: int = Field(0, ge=0)
     deterministic: bool = Field(False, description="deterministic ops (slower)")
+    batchnorm: Literal["auto", "frozen", "train"] = Field(
+        "auto",
+        description="BatchNorm of the base in the full strategy: auto = trains only for random "
+        "weights; frozen = inference mode (pretrained statistics); train = adapt the statistics "
+        "to the target (helps when the source domain differs)",
+    )
     mixed_precision: Literal["off", "float16", "bfloat16"] = "off"
     jit_compile: bool | Literal["auto"] = Field(
         "auto",

@@ -109,9 +109,24 @@ def training_fingerprint(cfg: RunConfig, data: DataVersion, manifest: ManifestIn
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _splits(manifest: ManifestInfo, data: DataVersion) -> tuple[SplitData, SplitData]:
-    """Train and validation splits; both must hold images."""
+def label_budget(data: SplitData, per_class: int | None) -> SplitData:
+    """At most ``per_class`` images of each class (the first by path); all when None."""
+    if per_class is None:
+        return data
+    per = [np.flatnonzero(data.labels == c)[:per_class] for c in range(len(data.classes))]
+    keep = sorted(int(i) for rows in per for i in rows)
+    return SplitData(
+        paths=[data.paths[i] for i in keep], labels=data.labels[keep], classes=data.classes,
+        relpaths=[data.relpaths[i] for i in keep],
+    )  # fmt: skip
+
+
+def _splits(
+    manifest: ManifestInfo, data: DataVersion, per_class: int | None = None
+) -> tuple[SplitData, SplitData]:
+    """Train (within the label budget) and validation splits; both must hold images."""
     train = read_split(manifest.manifest_path, data.images_root, "train")
+    train = label_budget(train, per_class)
     val = read_split(manifest.manifest_path, data.images_root, "val")
     if not len(train) or not len(val):
         raise DataError(f"{data.images_root}: the train and val splits need images")
@@ -133,7 +148,7 @@ def train_model(
     from tlops.training import TrainInputs, feature_cache_key, train
 
     runtime = configure(cfg.train)
-    train_split, val_split = _splits(manifest, data)
+    train_split, val_split = _splits(manifest, data, cfg.data.train_per_class)
     spec = get_spec(cfg.backbone.name)
     weights, backbone_tags = _weights_arg(cfg, run_dir)
     with strategy_scope(runtime):

@@ -266,18 +266,27 @@ def plan_phases(cfg: RunConfig) -> list[tuple[str, PhaseConfig]]:
     return [("full", cfg.train.fine_tune)]
 
 
-def _prepare(clf: Classifier, name: str, fine_tune_from: str | int | float, scratch: bool) -> None:
+def _train_batchnorm(cfg: RunConfig) -> bool:
+    """Whether ``full`` trains BatchNorm: ``train.batchnorm``; auto = only for random weights."""
+    if cfg.train.batchnorm == "auto":
+        return cfg.backbone.weights == "none"
+    return cfg.train.batchnorm == "train"
+
+
+def _prepare(
+    clf: Classifier, name: str, fine_tune_from: str | int | float, train_batchnorm: bool
+) -> None:
     """Set which layers train in this phase.
 
-    BatchNorm stays frozen (inference mode) when fine-tuning pretrained weights; a base trained
-    from scratch (``full`` with random weights) trains its BatchNorm too.
+    BatchNorm stays frozen (inference mode) in the fine-tuning phase; in the ``full`` strategy
+    it trains when ``train_batchnorm`` (see :func:`_train_batchnorm`).
     """
     if name == "frozen":
         freeze_base(clf)
     elif name == "fine_tune":
         unfreeze_top(clf, fine_tune_from)
     else:
-        unfreeze_all(clf, batchnorm=scratch)
+        unfreeze_all(clf, batchnorm=train_batchnorm)
 
 
 @dataclass
@@ -368,7 +377,7 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
         result.resumed_at = ", ".join(f"{n}: {e} epochs" for n, e in done_before.items() if e)
     offset = 0
     for name, phase in plan_phases(cfg):
-        _prepare(clf, name, inputs.fine_tune_from, cfg.backbone.weights == "none")
+        _prepare(clf, name, inputs.fine_tune_from, _train_batchnorm(cfg))
         state = ckpt.phase(name)
         features = None
         if name == "frozen" and cfg.train.feature_cache and inputs.feature_cache_file:

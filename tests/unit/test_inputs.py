@@ -106,3 +106,17 @@ def test_dataset_batches_labels_and_shapes(tmp_path: Path) -> None:
 def test_binary_labels_are_a_column() -> None:
     assert encode_labels(np.array([0, 1, 1]), 2, True).tolist() == [[0.0], [1.0], [1.0]]
     assert encode_labels(np.array([2, 0]), 3, False).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_label_budget_keeps_the_first_images_of_each_class() -> None:
+    from tlops.inputs import SplitData
+    from tlops.steps import label_budget
+
+    data = SplitData(
+        paths=[f"/d/{i}.png" for i in range(7)], labels=np.array([0, 1, 0, 1, 0, 2, 1]),
+        classes=["a", "b", "c"], relpaths=[f"{i}.png" for i in range(7)],
+    )  # fmt: skip
+    kept = label_budget(data, 2)
+    assert kept.relpaths == ["0.png", "1.png", "2.png", "3.png", "5.png"]
+    assert kept.labels.tolist() == [0, 1, 0, 1, 2] and kept.classes == data.classes
+    assert label_budget(data, None) is data
