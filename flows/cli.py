@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -178,14 +178,6 @@ def _start_prefect_api(preload: tuple[str, ...]) -> None:
     SubprocessASGIServer().start()
 
 
-def _flow(flow_module: str, flow_name: str) -> Callable[..., Any]:
-    """Import a flow (Prefect is slow to import), then start its API and preloading."""
-    run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
-    if os.environ.get("TLOPS_PRELOAD", "1") != "0":
-        _start_prefect_api(PRELOAD.get(flow_name, ()))
-    return run_flow
-
-
 def _run_flow(
     flow_module: str, flow_name: str, config: Path, overrides: list[str] | None,
     data_rev: str | None, allow_dirty: bool,
@@ -194,7 +186,10 @@ def _run_flow(
 
     def body() -> None:
         cfg = _load(config, overrides, data_rev, allow_dirty)
-        outcome = _flow(flow_module, flow_name)(cfg)
+        run_flow = getattr(importlib.import_module(flow_module), flow_name)
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            _start_prefect_api(PRELOAD.get(flow_name, ()))
+        outcome = run_flow(cfg)
         _publish_summary(outcome.summary())
         code = int(getattr(outcome, "exit_code", 0))
         if code:
@@ -255,7 +250,10 @@ def reproduce(model_uri: ModelUriArg) -> None:
         info = resolve(model_uri)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = reproduction_config(info, Path(tmp))
-        outcome = _flow("flows.train", "train_flow")(cfg)
+        run_flow = importlib.import_module("flows.train").train_flow
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            _start_prefect_api(PRELOAD["train_flow"])
+        outcome = run_flow(cfg)
         from tlops.tracking import set_tags
 
         set_tags(outcome.run_id, {"tlops.reproduces": f"models:/{info.name}/{info.version}"})

@@ -20,6 +20,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -286,3 +287,8 @@ def reproduction_report(info: registry.VersionInfo, metrics: dict[str, float], r
     if info.tags.get("data.dirty") == "true" or info.tags.get("git.dirty") == "true":
         lines.append("\nnote: the original ran on a dirty tree; the rerun uses committed state")
     return "\n".join(lines)
+
+
+def describe(info: registry.VersionInfo) -> dict[str, Any]:
+    """A version as a JSON-able dict (for ``--json`` output)."""
+    return info.model_dump(mode="json")
