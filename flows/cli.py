@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -48,6 +48,20 @@ DirtyOpt = Annotated[
 ModelUriArg = Annotated[
     str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
 ]
+CiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ci",
+        help="CI mode (also when $CI is set): write the Markdown report (candidate vs champion,"
+        " verdict, confusion matrix, newly misclassified) to $GITHUB_STEP_SUMMARY or --report",
+    ),
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option("--report", help="also write the Markdown report to this file (CI default:"
+                 " tlops-report.md when $GITHUB_STEP_SUMMARY is not set)"),
+]  # fmt: skip
+DEFAULT_REPORT = Path("tlops-report.md")
 
 
 def _fail(exc: TlopsError) -> typer.Exit:
@@ -56,16 +70,21 @@ def _fail(exc: TlopsError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _guard(action: Callable[[], T]) -> T:
-    """Run a command body, mapping expected failures to their exit codes."""
+def _guard(action: Callable[[], T], on_error: Callable[[TlopsError], None] | None = None) -> T:
+    """Run a command body, mapping expected failures to their exit codes (``on_error`` first
+    sees the failure, e.g. to write a CI report)."""
     import httpx
 
     try:
         return action()
-    except TlopsError as exc:
-        raise _fail(exc) from None
-    except httpx.HTTPError as exc:
-        raise _fail(ServiceError(f"Prefect API unreachable or failing: {exc}")) from None
+    except (TlopsError, httpx.HTTPError) as exc:
+        error = (
+            exc if isinstance(exc, TlopsError)
+            else ServiceError(f"Prefect API unreachable or failing: {exc}")
+        )  # fmt: skip
+        if on_error is not None:
+            on_error(error)
+        raise _fail(error) from None
 
 
 def _publish_summary(markdown: str) -> None:
@@ -129,7 +148,7 @@ def sample(
     try:
         summary = write_sample(out, force=force)
     except FileExistsError as exc:
-        raise _fail(TlopsError(f"{exc} (use --force to replace it)")) from None
+        raise _fail(ConfigError(f"{exc} (use --force to replace it)")) from None
     parts = ", ".join(f"{part} {sum(s.values())}" for part, s in summary.parts.items())
     typer.echo(f"wrote {summary.nfiles} images to {summary.root} ({parts})")
 
@@ -178,24 +197,71 @@ def _start_prefect_api(preload: tuple[str, ...]) -> None:
     SubprocessASGIServer().start()
 
 
+def _flow(flow_module: str, flow_name: str) -> Callable[..., Any]:
+    """Import a flow (Prefect is slow to import), then start its API and the preloading."""
+    run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
+    if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+        _start_prefect_api(PRELOAD.get(flow_name, ()))
+    return run_flow
+
+
+def ci_mode(flag: bool) -> bool:
+    """``--ci``, or ``$CI`` set to anything but empty / 0 / false (as CI services do)."""
+    return flag or os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def _report_text(outcome: Any) -> str:
+    """The run summary followed by the full report file when the flow wrote one."""
+    text = str(outcome.summary())
+    path = getattr(outcome, "report_path", None)
+    if path and Path(path).is_file():
+        text += "\n\n" + Path(path).read_text(encoding="utf-8")
+    return text
+
+
+def _write_report(text: str, ci: bool, report: Path | None) -> None:
+    """CI: the report to ``$GITHUB_STEP_SUMMARY``, else to ``--report`` / tlops-report.md."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if ci and summary:
+        with Path(summary).open("a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    target = report or (DEFAULT_REPORT if ci and not summary else None)
+    if target is not None:
+        target.write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"report: {target}")
+
+
 def _run_flow(
     flow_module: str, flow_name: str, config: Path, overrides: list[str] | None,
-    data_rev: str | None, allow_dirty: bool,
+    data_rev: str | None, allow_dirty: bool, ci: bool = False, report: Path | None = None,
 ) -> None:  # fmt: skip
-    """Load the config, run a flow (imported only now: Prefect is slow to import), summarize."""
+    """Load the config, run a flow (imported only now: Prefect is slow to import), summarize.
+
+    In CI mode the train flow's run is tagged ``tlops.trigger=ci`` and the full report is
+    written even when the run fails (then it names the failure and the exit code).
+    """
+    ci = ci_mode(ci)
 
     def body() -> None:
         cfg = _load(config, overrides, data_rev, allow_dirty)
-        run_flow = getattr(importlib.import_module(flow_module), flow_name)
-        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
-            _start_prefect_api(PRELOAD.get(flow_name, ()))
-        outcome = run_flow(cfg)
-        _publish_summary(outcome.summary())
+        run_flow = _flow(flow_module, flow_name)
+        trigger = {"trigger": "ci" if ci else "manual"} if flow_name == "train_flow" else {}
+        outcome = run_flow(cfg, **trigger)
+        if ci or report:
+            typer.echo(outcome.summary())
+            _write_report(_report_text(outcome), ci, report)
+        else:
+            _publish_summary(outcome.summary())
         code = int(getattr(outcome, "exit_code", 0))
         if code:
             raise typer.Exit(code)
 
-    _guard(body)
+    def failed(exc: TlopsError) -> None:
+        if ci or report:
+            text = f"### tlops {flow_name}: failed (exit {exc.exit_code})\n\nerror: {exc}"
+            _write_report(text, ci, report)
+
+    _guard(body, failed)
 
 
 @app.command()
@@ -215,9 +281,14 @@ def train(
     set_: SetOpt = None,
     data_rev: RevOpt = None,
     allow_dirty: DirtyOpt = False,
+    ci: CiOpt = False,
+    report: ReportOpt = None,
 ) -> None:
-    """Validate the data, train (frozen base, then fine-tuning), evaluate, track in MLflow."""
-    _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty)
+    """Validate the data, train (frozen base, then fine-tuning), evaluate, gate, register.
+
+    Nothing is retrained when the data, config and code are the champion's (exit 0).
+    """
+    _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty, ci, report)
 
 
 @app.command()
@@ -226,11 +297,62 @@ def pretrain(
     set_: SetOpt = None,
     data_rev: RevOpt = None,
     allow_dirty: DirtyOpt = False,
+    ci: CiOpt = False,
+    report: ReportOpt = None,
 ) -> None:
     """Train on a source dataset and register the backbone (not the classifier) if the gate
     passes; a train config then names it as ``backbone.weights: models:/NAME@champion``."""
     overrides = [*(set_ or []), "registry.kind=backbone"]
-    _run_flow("flows.train", "train_flow", config, overrides, data_rev, allow_dirty)
+    _run_flow("flows.train", "train_flow", config, overrides, data_rev, allow_dirty, ci, report)
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    grid: Annotated[
+        list[str],
+        typer.Option(
+            "--grid",
+            help="a hyperparameter and its values, read like --set values: --grid"
+            " train.frozen.learning_rate=0.01,0.001 (repeatable; trials = every combination)",
+        ),
+    ],
+    set_: SetOpt = None,
+    data_rev: RevOpt = None,
+    allow_dirty: DirtyOpt = False,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="processes of the local Dask cluster [default: 2]"),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers"
+            " need this project, PREFECT_API_URL, and the same MLflow store and tlops folders)",
+        ),
+    ] = None,
+) -> None:
+    """Train a hyperparameter grid in parallel on Dask: one MLflow child run per trial under a
+    parent run; only the trial with the best validation score is gated and registered."""
+
+    def body() -> None:
+        from tlops.sweep import expand_grid, parse_grid
+
+        if address and workers is not None:
+            raise ConfigError("--workers sizes the local cluster; drop it with --address")
+        cfg = _load(config, set_, data_rev, allow_dirty)
+        spec = parse_grid(grid)
+        expand_grid(cfg, spec)  # every grid point is validated before anything starts
+        run_sweep = importlib.import_module("flows.sweep").run_sweep
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            _start_prefect_api((*PRELOAD["validate_flow"], "mlflow"))
+        outcome = run_sweep(cfg, spec, workers or 2, address)
+        _publish_summary(outcome.summary())
+        if outcome.exit_code:
+            raise typer.Exit(outcome.exit_code)
+
+    _guard(body)
 
 
 @app.command()
@@ -250,10 +372,7 @@ def reproduce(model_uri: ModelUriArg) -> None:
         info = resolve(model_uri)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = reproduction_config(info, Path(tmp))
-        run_flow = importlib.import_module("flows.train").train_flow
-        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
-            _start_prefect_api(PRELOAD["train_flow"])
-        outcome = run_flow(cfg)
+        outcome = _flow("flows.train", "train_flow")(cfg, force=True)
         from tlops.tracking import set_tags
 
         set_tags(outcome.run_id, {"tlops.reproduces": f"models:/{info.name}/{info.version}"})
@@ -308,6 +427,75 @@ def history(model_name: Annotated[str, typer.Argument(help="registered model nam
             )
 
     _guard(body)
+
+
+@app.command()
+def deploy(
+    config: ConfigArg,
+    name: Annotated[str, typer.Option("--name", help="deployment name, e.g. digits-nightly")],
+    cron: Annotated[
+        str | None, typer.Option("--cron", help='schedule, e.g. "0 3 * * *" (UTC); none: by hand')
+    ] = None,
+    pool: Annotated[
+        str, typer.Option("--pool", help="work pool (a local process pool is created if missing)")
+    ] = "tlops-process",
+    set_: SetOpt = None,
+) -> None:
+    """Deploy the retrain flow for CONFIG to a Prefect work pool, optionally on a cron schedule.
+
+    The deployment keeps the config's path, not its values: each run reads the YAML, data.dvc
+    and code it finds in the project, and does nothing when they match the champion's.
+    """
+
+    def body() -> None:
+        from flows.deploy import deploy_retrain
+
+        deployment_id = deploy_retrain(config, name, pool, cron, list(set_ or []), Path.cwd())
+        when = f"cron {cron!r} (UTC)" if cron else "no schedule (run it by hand)"
+        typer.echo(f"deployed tlops-retrain/{name} ({deployment_id}) to pool {pool!r}: {when}")
+        typer.echo(f"runs need a worker: prefect worker start --pool {pool}")
+        typer.echo(f"run it now: prefect deployment run tlops-retrain/{name}")
+
+    _guard(body)
+
+
+@app.command()
+def status(
+    model_name: Annotated[str, typer.Argument(help="registered model name")],
+    last: Annotated[int, typer.Option("--last", min=1, help="how many recent runs")] = 5,
+    alias: Annotated[str, typer.Option("--alias", help="the champion alias")] = "champion",
+) -> None:
+    """The champion, when it was promoted, what it was trained on, the last runs with their
+    verdicts, and the next scheduled run of its deployments (when the Prefect API has any)."""
+
+    def body() -> None:
+        from tlops.status import model_status, render_status
+
+        found = model_status(model_name, alias, last)
+        typer.echo(render_status(found, _schedule_lines(model_name)))
+
+    _guard(body)
+
+
+def _schedule_lines(model_name: str) -> list[str]:
+    """Deployments of ``model_name`` from the configured Prefect API; none without one.
+
+    Without ``PREFECT_API_URL`` there is no server whose scheduler would run a deployment, so
+    nothing is asked (and no temporary server is started just for this).
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        return ["  schedule: PREFECT_API_URL not set (deployments live on a Prefect server)"]
+    from flows.deploy import model_deployments
+
+    lines = []
+    for d in model_deployments(model_name):
+        cron = ", ".join(d.cron) or "no schedule"
+        state = " (paused)" if d.paused else ""
+        lines.append(
+            f"  deployment tlops-retrain/{d.name}{state}: {cron}, pool {d.work_pool},"
+            f" config {d.config_path}; next run: {d.next_run or 'none scheduled'}"
+        )
+    return lines
 
 
 @app.command()

@@ -7,7 +7,8 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
-from tasks.registry import gate_task, register_task
+from tasks.data import resolve_data_task
+from tasks.registry import gate_task, register_task, unchanged_task
 from tasks.train import (
     evaluate_task,
     fail_tracking_task,
@@ -19,6 +20,7 @@ from tlops.config import RunConfig
 from tlops.gate import Verdict
 from tlops.paths import run_dir
 from tlops.promotion import PromotionResult
+from tlops.report import REPORT_FILE
 from tlops.steps import EvalSummary, TrainSummary
 from tlops.tracking import tracking_uri
 from tlops.validation import ValidationOutcome
@@ -37,6 +39,7 @@ class TrainOutcome(BaseModel):
     verdict: Verdict
     promotion: PromotionResult
     tracking_uri: str
+    report_path: str
 
     @property
     def exit_code(self) -> int:
@@ -69,13 +72,47 @@ class TrainOutcome(BaseModel):
         )
 
 
+class Unchanged(BaseModel):
+    """What the train flow returns when nothing changed since the champion (no retraining)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    champion_version: str
+    data_md5: str
+    exit_code: int = 0
+
+    def summary(self) -> str:
+        """One Markdown paragraph for the console and CI."""
+        return (
+            f"### tlops train: nothing changed\n- {self.model_name}: same data (md5"
+            f" `{self.data_md5}`), config and code as champion v{self.champion_version}:"
+            " not retrained, nothing registered"
+        )
+
+
 @flow(name="tlops-train")
-def train_flow(config: RunConfig) -> TrainOutcome:
-    """Resolve and validate the data, train, evaluate, and log everything to one MLflow run."""
+def train_flow(
+    config: RunConfig, trigger: str = "manual", force: bool = False
+) -> TrainOutcome | Unchanged:
+    """Resolve and validate the data, train, evaluate, log everything to one MLflow run, gate
+    and register.
+
+    When the data md5, config and code match the champion's lineage the flow stops after
+    resolving the data ("nothing changed"), unless ``force``. ``trigger`` (schedule, ci or
+    manual) is tagged on the MLflow run.
+    """
     flow_run_id = str(flow_run.get_id() or "local")
     out_dir = str(run_dir(flow_run_id))
+    if not force:
+        data = resolve_data_task(config.data)
+        champion = unchanged_task(config, data)
+        if champion is not None:
+            return Unchanged(
+                model_name=config.model_name, champion_version=champion.version, data_md5=data.md5
+            )
     validation = validate_flow(config)
-    run_id = start_tracking_task(config, validation.data, validation.manifest, flow_run_id)
+    run_id = start_tracking_task(config, validation.data, validation.manifest, flow_run_id, trigger)
     try:
         trained = train_task(config, validation.data, validation.manifest, out_dir, run_id)
         evaluated = evaluate_task(config, trained, validation.data, validation.manifest, out_dir)
@@ -99,4 +136,5 @@ def train_flow(config: RunConfig) -> TrainOutcome:
         verdict=promotion.verdict,
         promotion=promotion,
         tracking_uri=tracking_uri(),
+        report_path=str(run_dir(flow_run_id) / REPORT_FILE),
     )

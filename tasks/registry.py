@@ -11,21 +11,42 @@ from prefect.cache_policies import NO_CACHE
 from tlops import registry, tracking
 from tlops.config import RunConfig
 from tlops.dataversion import DataVersion
-from tlops.gate import Verdict
+from tlops.gate import Verdict, decide
 from tlops.promotion import (
     PromotionResult,
     candidate_from_run,
     judge_against,
     lineage_tags,
+    measure_version,
     promote,
+    unchanged_champion,
 )
+from tlops.report import REPORT_FILE, write_report
 from tlops.steps import EvalSummary, TrainSummary
 from tlops.validation import ManifestInfo
 
 
-def _artifact_key(model_name: str) -> str:
-    """A stable Prefect artifact key (lowercase letters, digits, dashes)."""
+def artifact_key(model_name: str) -> str:
+    """The stable Prefect artifact key of a model's runs (lowercase letters, digits, dashes):
+    the Prefect UI lists every run's report under it, newest first."""
     return "gate-" + "".join(c if c.isalnum() else "-" for c in model_name.lower())
+
+
+@task(name="check-unchanged", cache_policy=NO_CACHE)
+def unchanged_task(config: RunConfig, data: DataVersion) -> registry.VersionInfo | None:
+    """The champion when it was trained on this data, config and code (then nothing to do)."""
+    champion = unchanged_champion(config, data.md5, Path.cwd())
+    if champion is not None:
+        text = (
+            f"## tlops: {config.model_name}: nothing changed\n\nSame data (md5 `{data.md5}`),"
+            f" config and code as champion v{champion.version}: not retrained.\n"
+        )
+        create_markdown_artifact(
+            key=artifact_key(config.model_name), markdown=text,
+            description=f"{config.model_name}: unchanged, not retrained",
+        )  # fmt: skip
+        get_run_logger().info("unchanged since champion v%s: not retraining", champion.version)
+    return champion
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -36,13 +57,18 @@ def gate_task(
     """Judge the candidate against the current champion, re-evaluated on the same test split."""
     tags = tracking.get_tags(run_id)
     candidate = candidate_from_run(
-        config, data, manifest, trained.classes, evaluated.metrics, evaluated.predictions_path, tags
+        config, data, trained.classes, evaluated.metrics, evaluated.predictions_path, tags
     )
     champion = registry.version_by_alias(config.model_name, config.registry.champion_alias)
-    verdict = judge_against(config, data, manifest, candidate)(champion)
+    measured = measure_version(champion, config, data, manifest) if champion else None
+    verdict = decide(config.gate, candidate, measured)
     verdict_file = Path(out_dir) / "gate_verdict.json"
     verdict_file.write_text(verdict.to_json(), encoding="utf-8")
-    tracking.log_artifacts(run_id, {"gate": [verdict_file]})
+    report = write_report(
+        Path(out_dir) / REPORT_FILE, config.model_name, verdict, candidate, measured,
+        evaluated.predictions_path, run_id,
+    )  # fmt: skip
+    tracking.log_artifacts(run_id, {"gate": [verdict_file, report]})
     tracking.set_tags(
         run_id,
         {
@@ -54,8 +80,8 @@ def gate_task(
         },
     )
     create_markdown_artifact(
-        key=_artifact_key(config.model_name), markdown=verdict.markdown(),
-        description=f"gate verdict for {config.model_name}",
+        key=artifact_key(config.model_name), markdown=report.read_text(encoding="utf-8"),
+        description=f"{config.model_name}: {verdict.decision} ({verdict.reason})"[:500],
     )  # fmt: skip
     get_run_logger().info("gate: %s (%s)", verdict.decision, verdict.reason)
     return verdict
@@ -71,7 +97,7 @@ def register_task(
         return PromotionResult(verdict=verdict, model_name=config.model_name)
     tags = tracking.get_tags(run_id)
     candidate = candidate_from_run(
-        config, data, manifest, trained.classes, evaluated.metrics, evaluated.predictions_path, tags
+        config, data, trained.classes, evaluated.metrics, evaluated.predictions_path, tags
     )
 
     def tags_for(final: Verdict) -> dict[str, str]:

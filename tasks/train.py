@@ -23,13 +23,17 @@ from tlops.validation import ManifestInfo
 
 @task(name="start-tracking", cache_policy=NO_CACHE)
 def start_tracking_task(
-    config: RunConfig, data: DataVersion, manifest: ManifestInfo, flow_run_id: str
-) -> str:
-    """Open the MLflow run: params (the whole config), tags, the dataset input."""
-    run_name = f"{config.name}-{config.backbone.name}-{data.md5[:8]}"
-    run_id = tracking.start_run(
-        config.name, run_name, config.flat(), run_tags(config, data, flow_run_id)
-    )
+    config: RunConfig, data: DataVersion, manifest: ManifestInfo, flow_run_id: str,
+    trigger: str = "manual",
+) -> str:  # fmt: skip
+    """Open the MLflow run: params (the whole config), tags, the dataset input.
+
+    The run is named ``<model>-<backbone>-<data md5[:8]>`` in the experiment of the config's
+    name and tagged ``tlops.trigger`` (schedule, ci or manual) for filtering in the UI.
+    """
+    run_name = f"{config.model_name}-{config.backbone.name}-{data.md5[:8]}"
+    tags = {**run_tags(config, data, flow_run_id), "tlops.trigger": trigger}
+    run_id = tracking.start_run(config.name, run_name, config.flat(), tags)
     tracking.log_dataset(run_id, data, manifest.digest, context="train")
     get_run_logger().info("MLflow run %s (%s) at %s", run_id, run_name, tracking.tracking_uri())
     return run_id

@@ -32,6 +32,7 @@ def _isolated_tlops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv("CI", raising=False)  # CI mode is what a test asks for, not the runner's
     for key, value in GIT_ENV.items():
         monkeypatch.setenv(key, value)
 

@@ -107,10 +107,15 @@ class Metrics:
             f"{prefix}loss": self.loss,
         }
         for row in self.per_class:
-            name = _METRIC_NAME_UNSAFE.sub("_", str(row["class"]))
+            name = metric_key(str(row["class"]))
             out[f"{prefix}recall_{name}"] = float(row["recall"])
             out[f"{prefix}precision_{name}"] = float(row["precision"])
         return out
+
+
+def metric_key(class_name: str) -> str:
+    """A class name as it appears in metric keys (``test_recall_<key>``)."""
+    return _METRIC_NAME_UNSAFE.sub("_", class_name)
 
 
 def compute_metrics(

@@ -20,7 +20,6 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -66,16 +65,34 @@ class PromotionResult(BaseModel):
         return f"not promoted ({self.verdict.decision}): {self.verdict.reason}"
 
 
-def gate_fingerprint(training_fingerprint: str, run_tags: dict[str, str]) -> str:
-    """Identity of data + config + code (commit and uncommitted diff) + lock file.
+def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> str:
+    """Identity of what a retrain depends on: config (without ``evaluate``), data md5, code
+    (git commit and uncommitted diff) and the lock file.
 
-    '' when the code state is unknown (no git): such a candidate is never "unchanged".
+    It is known before anything is trained, so a scheduled run can skip a retrain whose
+    fingerprint is the champion's. '' when the code state is unknown (no git): such a run is
+    never "unchanged".
     """
-    code = [run_tags.get(k, "unknown") for k in ("git.commit", "git.diff_sha256", "lock.sha256")]
-    if "unknown" in code:
+    keys = ("git.commit", "git.diff_sha256", "lock.sha256")
+    state = [code.get(k, "unknown") for k in keys]
+    if "unknown" in state:
         return ""
-    blob = json.dumps([training_fingerprint, *code])
+    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
+    blob = json.dumps([parts, data_md5, *state], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def unchanged_champion(cfg: RunConfig, data_md5: str, project: Path) -> registry.VersionInfo | None:
+    """The champion when it was trained on this very data, config and code, else None."""
+    from tlops.lineage import code_state
+
+    fingerprint = change_fingerprint(cfg, data_md5, code_state(project))
+    if not fingerprint:
+        return None
+    champion = registry.version_by_alias(cfg.model_name, cfg.registry.champion_alias)
+    if champion and champion.tags.get("tlops.fingerprint") == fingerprint:
+        return champion
+    return None
 
 
 def candidate_evidence(
@@ -88,13 +105,11 @@ def candidate_evidence(
 
 
 def candidate_from_run(
-    cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, classes: list[str],
-    metrics: dict[str, float], predictions_path: str, run_tags: dict[str, str],
+    cfg: RunConfig, data: DataVersion, classes: list[str], metrics: dict[str, float],
+    predictions_path: str, run_tags: dict[str, str],
 ) -> Evidence:  # fmt: skip
-    """The candidate's evidence, its fingerprint from the training inputs and the run's code."""
-    from tlops.steps import training_fingerprint
-
-    fingerprint = gate_fingerprint(training_fingerprint(cfg, data, manifest), run_tags)
+    """The candidate's evidence, its fingerprint from the config, data and the run's code."""
+    fingerprint = change_fingerprint(cfg, data.md5, run_tags)
     return candidate_evidence(metrics, predictions_path, classes, fingerprint)
 
 
@@ -287,8 +302,3 @@ def reproduction_report(info: registry.VersionInfo, metrics: dict[str, float], r
     if info.tags.get("data.dirty") == "true" or info.tags.get("git.dirty") == "true":
         lines.append("\nnote: the original ran on a dirty tree; the rerun uses committed state")
     return "\n".join(lines)
-
-
-def describe(info: registry.VersionInfo) -> dict[str, Any]:
-    """A version as a JSON-able dict (for ``--json`` output)."""
-    return info.model_dump(mode="json")

@@ -40,9 +40,18 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     v1 = client.get_model_version_by_alias(name, "champion")
     assert v1.version == "1"
 
-    # 2. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named
-    done = tlops_cli(train_args(repo, name, IMPOSSIBLE, "train.seed=1"), prefect_api)
+    # 2. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named;
+    # in CI mode the report goes to $GITHUB_STEP_SUMMARY
+    summary = tmp_path / "step_summary.md"
+    args = [*train_args(repo, name, IMPOSSIBLE, "train.seed=1"), "--ci"]
+    done = tlops_cli(args, prefect_api, GITHUB_STEP_SUMMARY=str(summary))
     assert done.returncode == 4, done.stdout + done.stderr
+    report = summary.read_text()
+    assert f"## tlops: {name} candidate" in report and "vs champion v1" in report
+    assert "**failing rule:** test_accuracy vs champion" in report
+    assert "| class | recall | champion recall |" in report
+    assert "| true \\ predicted | left | right | top |" in report
+    assert "### newly misclassified:" in report
     assert "gate: reject" in done.stdout and "test_accuracy vs champion" in done.stdout
     assert "| FAIL |" in done.stdout
     assert len(client.search_model_versions(f"name='{name}'")) == 1
@@ -75,6 +84,14 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
         assert v2.tags[key], key
     assert "seed: 2" in v2.tags["config"]
     assert "data.md5" in client.get_registered_model(name).description
+
+    # status: the champion, its promotion, what it was trained on, the runs with their verdicts
+    state = tlops_cli(["status", name], prefect_api)
+    assert state.returncode == 0, state.stdout + state.stderr
+    assert f"champion: v2 (run {v2.run_id})" in state.stdout
+    assert f"data: md5 {v2.tags['data.md5']}" in state.stdout
+    assert "gate reject" in state.stdout and "gate promote" in state.stdout
+    assert "ci " in state.stdout and "-> v2" in state.stdout
 
     # ledger: both champion moves, the previous move, in order
     history = tlops_cli(["history", name], prefect_api)

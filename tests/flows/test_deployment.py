@@ -1,0 +1,113 @@
+"""Scheduled retraining on Prefect's own machinery: a deployment, a process worker, the API.
+
+The session's real Prefect server (loopback) holds the deployment; a real ``prefect worker``
+process picks the runs up and runs the retrain flow in the project folder; the model is
+registered in the real ``mlflow server``. The second run finds nothing changed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SMOKE, TINY, run, tlops_cli
+
+POOL = "tlops-test-pool"
+NAME = "shapes-sched"
+
+
+@pytest.fixture
+def worker(prefect_api: str, tracked: str, repo: Path, tmp_path: Path) -> Iterator[None]:
+    """A real process worker for POOL (stopped at the end)."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracked,
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}  # fmt: skip
+    log = (tmp_path / "worker.log").open("w")
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type",
+           "process", "--name", "tlops-test-worker"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_deployment(
+    prefect_api: str, tracked: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``prefect deployment run --watch``: trigger through the API, wait for the end state."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": tracked}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", f"tlops-retrain/{NAME}", "--watch",
+         "--watch-interval", "1", "--watch-timeout", "600"],
+        env=env, capture_output=True, text=True, timeout=660,
+    )  # fmt: skip
+    return done, time.monotonic() - start
+
+
+def test_deployed_retrain_runs_on_a_worker_and_then_finds_nothing_changed(
+    repo: Path, tracked: str, prefect_api: str, tmp_path: Path, worker: None
+) -> None:
+    from mlflow import MlflowClient
+
+    # the config lives in the project (the deployment keeps its path, not its values)
+    (repo / "configs").mkdir()
+    shutil.copy(SMOKE, repo / "configs" / "shapes.yaml")
+    run(["git", "add", "configs"], repo)
+    run(["git", "commit", "-qm", "config"], repo)
+    sets = [f"name={NAME}", "gate.values=[{metric: test_accuracy, min: 0.0}]",
+            *TINY[1::2]]  # fmt: skip
+    args = ["deploy", "configs/shapes.yaml", "--name", NAME, "--cron", "0 3 * * *",
+            "--pool", POOL, *(x for s in sets for x in ("--set", s))]  # fmt: skip
+    cwd = Path.cwd()
+    os.chdir(repo)
+    try:
+        done = tlops_cli(args, prefect_api)
+        bad_cron = tlops_cli([*args[:4], "--cron", "every night"], prefect_api)
+        outside = tlops_cli(["deploy", SMOKE, "--name", "x"], prefect_api)
+    finally:
+        os.chdir(cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"deployed tlops-retrain/{NAME}" in done.stdout
+    assert bad_cron.returncode == 2 and "--cron 'every night'" in bad_cron.stderr
+    assert outside.returncode == 2 and "must be inside the project" in outside.stderr
+
+    # 1. a run triggered through the API, picked up by the worker: trains, gates, registers
+    first, first_s = run_deployment(prefect_api, tracked)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Completed" in first.stdout
+    client = MlflowClient(tracked)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert champion.version == "1"
+    experiment = client.get_experiment_by_name(NAME)
+    (trained,) = client.search_runs([experiment.experiment_id])
+    assert trained.info.run_id == champion.run_id
+    assert trained.data.tags["tlops.trigger"] == "manual"  # by hand through the API
+    assert trained.info.run_name.startswith(f"{NAME}-tiny_cnn-")
+
+    # 2. again with nothing changed: no retraining, no new run or version, completed
+    second, second_s = run_deployment(prefect_api, tracked)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    print(f"deployment runs: first {first_s:.1f} s, unchanged {second_s:.1f} s")
+
+    # status: champion, runs, and the deployment's next run (from its cron schedule)
+    state = tlops_cli(["status", NAME], prefect_api)
+    assert state.returncode == 0, state.stdout + state.stderr
+    assert "champion: v1" in state.stdout
+    assert f"deployment tlops-retrain/{NAME}: 0 3 * * *" in state.stdout
+    assert "next run: 20" in state.stdout and "T03:00:00" in state.stdout
+    unknown = tlops_cli(["status", "no-such-model"], prefect_api)
+    assert unknown.returncode == 2 and "no registered model or experiment" in unknown.stderr
