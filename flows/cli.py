@@ -523,10 +523,13 @@ def predict(
     """Predict the top-k classes of images with a registered model (unreadable files reported)."""
 
     def body() -> None:
-        from tlops.predict import format_predictions, predict_files
+        from tlops.registry import parse_model_uri
 
         if output.lower() not in {"table", "json", "csv"}:
             raise ConfigError(f"--format {output!r}: must be table, json or csv")
+        parse_model_uri(model_uri)  # a malformed URI fails before Keras is imported
+        from tlops.predict import format_predictions, predict_files
+
         rows = predict_files(model_uri, paths, top_k)
         typer.echo(format_predictions(rows, output.lower()))
         if rows and all(r.error for r in rows):

@@ -1,0 +1,102 @@
+"""Exit codes of every command (design section 7) for the failures that need no flow run.
+
+Flow runs (0, 3, 4, 5 and 1 from train / validate / pretrain / sweep / deploy) are covered by
+the flow tests; these run in-process on a temporary SQLite tracking store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import _write_report, app, ci_mode
+
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
+BAD = str(Path(__file__).resolve().parents[1] / "configs" / "invalid" / "unknown_field.yaml")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One empty SQLite tracking store for the module (its schema is created once)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> CliRunner:
+    """Commands run in an empty folder against the module's empty tracking store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return CliRunner()
+
+
+CASES = [
+    # (arguments, exit code, text in the output)
+    (["schema"], 0, '"RunConfig"'),
+    (["backbones"], 0, "mobilenet_v2"),
+    (["no-such-command"], 2, "No such command"),
+    (["train"], 2, "Missing argument"),
+    (["train", "missing.yaml"], 2, "missing.yaml"),
+    (["validate", BAD], 2, "unknown field"),
+    (["pretrain", SMOKE, "--set", "train.seed=x"], 2, "train.seed"),
+    (["sweep", SMOKE, "--grid", "train.seed"], 2, "--grid"),
+    (["deploy", SMOKE], 2, "Missing option '--name'"),
+    (["deploy", BAD, "--name", "x"], 2, "unknown field"),
+    (["predict", "digits", "x.png"], 2, "expected models:/NAME@ALIAS"),
+    (["predict", "models:/digits@champion", "x.png", "--format", "xml"], 2, "--format"),
+    (["lineage", "models:/nobody@champion"], 2, "no registered model 'nobody'"),
+    (["reproduce", "models:/nobody/1"], 2, "no version 1 of registered model 'nobody'"),
+    (["history", "nobody"], 2, "no registered model named 'nobody'"),
+    (["status", "nobody"], 2, "no registered model or experiment"),
+    (["compare", "nobody"], 2, "no finished run in experiment(s): nobody"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "text"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_exit_codes(cli: CliRunner, args: list[str], code: int, text: str) -> None:
+    done = cli.invoke(app, args)
+    assert done.exit_code == code, done.output
+    assert text in done.output
+
+
+def test_sample_refuses_an_existing_folder_with_2(cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("x")
+    done = cli.invoke(app, ["sample", "--out", "data"])
+    assert done.exit_code == 2 and "--force" in done.output
+    assert (tmp_path / "data" / "keep.txt").read_text() == "x"  # nothing overwritten
+
+
+def test_unreachable_tracking_server_exits_5(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    for args in (["history", "digits"], ["status", "digits"], ["lineage", "models:/d@champion"]):
+        done = cli.invoke(app, args)
+        assert done.exit_code == 5, (args, done.output)
+        assert "MLflow (http://127.0.0.1:" in done.output
+
+
+def test_ci_mode_and_where_the_report_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert not ci_mode(False)
+    for value, expected in (("true", True), ("1", True), ("false", False), ("", False)):
+        monkeypatch.setenv("CI", value)
+        assert ci_mode(False) is expected
+    assert ci_mode(True)
+    # CI without a step summary: the default file
+    _write_report("# report", ci=True, report=None)
+    assert (tmp_path / "tlops-report.md").read_text() == "# report\n"
+    # CI with a step summary: appended there; --report also writes its file
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    _write_report("# second", ci=True, report=tmp_path / "out.md")
+    assert summary.read_text() == "earlier step\n# second\n"
+    assert (tmp_path / "out.md").read_text() == "# second\n"
