@@ -538,17 +538,20 @@ def predict(
     _guard(body)
 
 
-#: Offline-first: no usage analytics unless the environment asks for them.
-QUIET_ANALYTICS = {
+#: Defaults unless the environment says otherwise: offline-first (no usage analytics), and
+#: time for Prefect's temporary server to start on a busy 2-core machine (Prefect's default,
+#: 20 s, was seen to run out while TensorFlow was importing beside it).
+ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
 def main() -> None:
     """Entry point of the ``tlops`` script."""
-    for key, value in QUIET_ANALYTICS.items():
+    for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     app()
 
