@@ -157,7 +157,16 @@ def sample(
 _DATA_STAGES = ("dvc.repo", "dvc.api", "great_expectations")
 PRELOAD: dict[str, tuple[str, ...]] = {
     "validate_flow": _DATA_STAGES,
-    "train_flow": (*_DATA_STAGES, "mlflow", "tlops.model", "tlops.training", "tlops.evaluation"),
+    # DVC and MLflow first: the "nothing changed" check needs only them
+    "train_flow": (
+        "dvc.repo",
+        "dvc.api",
+        "mlflow",
+        "great_expectations",
+        "tlops.model",
+        "tlops.training",
+        "tlops.evaluation",
+    ),
 }
 
 
@@ -345,7 +354,7 @@ def sweep(
         spec = parse_grid(grid)
         expand_grid(cfg, spec)  # every grid point is validated before anything starts
         run_sweep = importlib.import_module("flows.sweep").run_sweep
-        if os.environ.get("TLOPS_PRELOAD", "1") != "0":
+        if os.environ.get("TLOPS_PRELOAD", "1") != "0" and not address:  # remote: a real API
             _start_prefect_api((*PRELOAD["validate_flow"], "mlflow"))
         outcome = run_sweep(cfg, spec, workers or 2, address)
         _publish_summary(outcome.summary())
