@@ -83,6 +83,18 @@ def start_run(experiment: str, run_name: str, params: dict[str, str], tags: dict
     return run_id
 
 
+def nest_run(run_id: str, parent_run_id: str, run_name: str, tags: dict[str, str]) -> None:
+    """Make ``run_id`` a child of ``parent_run_id`` (MLflow's nested runs), renamed, tagged.
+
+    Nesting is the ``mlflow.parentRunId`` tag: the MLflow UI shows the run under its parent,
+    and ``tags.mlflow.parentRunId = '<id>'`` finds the children.
+    """
+    with service("nest a run"):
+        mlflow_client = client()
+        mlflow_client.update_run(run_id, name=run_name)
+        set_tags(run_id, {**tags, "mlflow.parentRunId": parent_run_id}, mlflow_client)
+
+
 def set_tags(run_id: str, tags: dict[str, str], mlflow_client: Any = None) -> None:
     """Set tags on a run."""
     from mlflow.entities import RunTag

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -179,7 +180,7 @@ def cached_features(
         for name, data in splits.items()
     }
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")  # trials in parallel
     np.savez(tmp, train=features["train"], val=features["val"])
     tmp.replace(cache_file)
     return features, False
