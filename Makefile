@@ -8,7 +8,7 @@ EXTRA ?= cpu
 CONFIG ?= configs/demo.yaml
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup demo test check format bench ui clean
+.PHONY: setup demo test check format bench ui screenshots clean
 
 setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -46,6 +46,9 @@ bench: setup  ## benchmarks that print JSON
 ui:  ## the MLflow UI for the local store, on 127.0.0.1
 	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db \
 		--default-artifact-root ./mlflow/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+screenshots:  ## PNGs of the MLflow UI for the README (docs/img/; needs chromium, after make demo)
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf .tlops .pytest_cache .mypy_cache .ruff_cache
