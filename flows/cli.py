@@ -547,14 +547,17 @@ def predict(
     _guard(body)
 
 
-#: Defaults unless the environment says otherwise: offline-first (no usage analytics), and
-#: time for Prefect's temporary server to start on a busy 2-core machine (Prefect's default,
-#: 20 s, was seen to run out while TensorFlow was importing beside it).
+#: Defaults unless the environment says otherwise: offline-first (no usage analytics); time
+#: for Prefect's temporary server to start on a busy 2-core machine (Prefect's default, 20 s,
+#: was seen to run out while TensorFlow was importing beside it); and Prefect client retries
+#: on HTTP 500 too, which a SQLite-backed Prefect server answers when concurrent flow runs
+#: hit "database is locked" (seen here with two flows and a worker on one server).
 ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
 }
 
 

@@ -66,14 +66,14 @@ def deploy_retrain(
        tlops is installed) with the project folder as the run's working directory and the
        config path as its parameter, tagged with the model's name for ``tlops status``.
     """
+    cfg = load_config(config, overrides)  # before Prefect is imported: a bad config fails fast
+    relative = _inside(project, config)
+    if cron is not None:
+        _check_cron(cron)
     from prefect.types.entrypoint import EntrypointType
 
     from flows.retrain import retrain_flow
 
-    cfg = load_config(config, overrides)
-    relative = _inside(project, config)
-    if cron is not None:
-        _check_cron(cron)
     ensure_process_pool(pool)
     deployment_id = retrain_flow.deploy(
         name=name,

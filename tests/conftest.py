@@ -50,6 +50,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # as the CLI does: retry on 500 ("database is locked" under concurrent flow runs), also
+    # for what runs outside the CLI (the worker's flow runs)
+    os.environ.setdefault("PREFECT_CLIENT_RETRY_EXTRA_CODES", "500")
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
 

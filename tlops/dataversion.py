@@ -133,15 +133,18 @@ def read_pointer(repo: Path, dvc_file: str, rev: str | None) -> dict[str, Any]:
 
 
 def remote_url(repo: Path) -> str | None:
-    """URL of the default DVC remote (local paths made absolute), or None."""
-    from dvc.repo import Repo
+    """URL of the default DVC remote (local paths made absolute), or None.
 
-    with Repo(str(repo)) as dvc_repo:
-        config = dvc_repo.config
-        name = config["core"].get("remote")
-        if not name or name not in config["remote"]:
-            return None
-        url = str(config["remote"][name]["url"])
+    Reads DVC's config levels (system, global, repo, local) without opening the repository,
+    so concurrent runs on one checkout never contend for DVC's repository state.
+    """
+    from dvc.config import Config
+
+    config = Config(dvc_dir=str(repo / ".dvc"))
+    name = config["core"].get("remote")
+    if not name or name not in config["remote"]:
+        return None
+    url = str(config["remote"][name]["url"])
     if "://" in url:
         return url
     return str((repo / ".dvc" / url).resolve()) if not Path(url).is_absolute() else url
