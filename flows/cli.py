@@ -87,13 +87,19 @@ def _guard(action: Callable[[], T], on_error: Callable[[TlopsError], None] | Non
         raise _fail(error) from None
 
 
-def _publish_summary(markdown: str) -> None:
-    """Print a run summary and append it to ``$GITHUB_STEP_SUMMARY`` when set."""
-    typer.echo(markdown)
+def _append_step_summary(markdown: str) -> bool:
+    """Append to ``$GITHUB_STEP_SUMMARY``; False when it is not set."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with Path(target).open("a", encoding="utf-8") as handle:
             handle.write(markdown + "\n")
+    return bool(target)
+
+
+def _publish_summary(markdown: str) -> None:
+    """Print a run summary and append it to ``$GITHUB_STEP_SUMMARY`` when set."""
+    typer.echo(markdown)
+    _append_step_summary(markdown)
 
 
 def _load(
@@ -230,11 +236,8 @@ def _report_text(outcome: Any) -> str:
 
 def _write_report(text: str, ci: bool, report: Path | None) -> None:
     """CI: the report to ``$GITHUB_STEP_SUMMARY``, else to ``--report`` / tlops-report.md."""
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if ci and summary:
-        with Path(summary).open("a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-    target = report or (DEFAULT_REPORT if ci and not summary else None)
+    summarized = ci and _append_step_summary(text)
+    target = report or (DEFAULT_REPORT if ci and not summarized else None)
     if target is not None:
         target.write_text(text + "\n", encoding="utf-8")
         typer.echo(f"report: {target}")

@@ -104,14 +104,16 @@ def train_flow(
     """
     flow_run_id = str(flow_run.get_id() or "local")
     out_dir = str(run_dir(flow_run_id))
+    resolved = None
     if not force:
-        data = resolve_data_task(config.data)
-        champion = unchanged_task(config, data)
+        resolved = resolve_data_task(config.data)
+        champion = unchanged_task(config, resolved)
         if champion is not None:
             return Unchanged(
-                model_name=config.model_name, champion_version=champion.version, data_md5=data.md5
-            )
-    validation = validate_flow(config)
+                model_name=config.model_name, champion_version=champion.version,
+                data_md5=resolved.md5,
+            )  # fmt: skip
+    validation = validate_flow(config, resolved)
     run_id = start_tracking_task(config, validation.data, validation.manifest, flow_run_id, trigger)
     try:
         trained = train_task(config, validation.data, validation.manifest, out_dir, run_id)

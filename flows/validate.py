@@ -8,16 +8,20 @@ from prefect.runtime import flow_run
 from tasks.data import resolve_data_task
 from tasks.validate import build_manifest_task, check_contract_task
 from tlops.config import RunConfig
+from tlops.dataversion import DataVersion
 from tlops.errors import ContractFailedError
 from tlops.paths import run_dir
 from tlops.validation import ValidationOutcome
 
 
 @flow(name="tlops-validate")
-def validate_flow(config: RunConfig) -> ValidationOutcome:
-    """Stages 1-3 of the train flow; raises :class:`ContractFailedError` on a failed contract."""
+def validate_flow(config: RunConfig, data: DataVersion | None = None) -> ValidationOutcome:
+    """Stages 1-3 of the train flow; raises :class:`ContractFailedError` on a failed contract.
+
+    ``data``: the version already resolved by the caller (else resolved here).
+    """
     out_dir = str(run_dir(str(flow_run.get_id() or "local")))
-    version = resolve_data_task(config.data)
+    version = data if data is not None else resolve_data_task(config.data)
     info = build_manifest_task(version, config.split, out_dir)
     verdict = check_contract_task(info, config.contract, version, out_dir)
     if not verdict.success:
