@@ -318,6 +318,10 @@ class GateConfig(_Section):
 
     values: list[ValueRule] = Field(default_factory=list)
     changes: list[ChangeRule] = Field(default_factory=list)
+
+    A relative rule against a champion value of exactly 0 has no ratio to take: it compares
+    the absolute delta with ``min_delta`` instead (the verdict says so), so a worse candidate
+    still fails. A metric missing on either side, or not a finite number, fails the rule.
     mcnemar_p: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="also require a McNemar test on paired test predictions: candidate "

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 __all__ = [
     "LOSS_EPSILON",
     "Metrics",
+    "class_metric",
     "compute_metrics",
+    "metric_key",
     "misclassified",
     "per_class_table",
     "plot_confusion",
@@ -107,15 +109,31 @@ class Metrics:
             f"{prefix}loss": self.loss,
         }
         for row in self.per_class:
-            name = metric_key(str(row["class"]))
-            out[f"{prefix}recall_{name}"] = float(row["recall"])
-            out[f"{prefix}precision_{name}"] = float(row["precision"])
+            name = str(row["class"])
+            out[class_metric("recall", name, prefix)] = float(row["recall"])
+            out[class_metric("precision", name, prefix)] = float(row["precision"])
         return out
 
 
 def metric_key(class_name: str) -> str:
-    """A class name as it appears in metric keys (``test_recall_<key>``)."""
+    """A class name as it appears in metric keys: every character MLflow refuses in a metric
+    name (anything but ASCII letters, digits, ``_ - . /`` and space) becomes ``_``.
+
+    ``café`` -> ``caf_``, ``cat:1`` -> ``cat_1``. The mapping is not one-to-one (``cat:1`` and
+    ``cat?1`` share ``cat_1``): two classes with the same key cannot both be measured, which is
+    why a dataset whose class names collide here must be refused before training.
+    """
     return _METRIC_NAME_UNSAFE.sub("_", class_name)
+
+
+def class_metric(stat: str, class_name: str, prefix: str = "test_") -> str:
+    """The one key of a per-class metric, e.g. ``class_metric("recall", "café")`` ->
+    ``test_recall_caf_``.
+
+    Used where the metrics are written (:meth:`Metrics.scalars`) and wherever they are read
+    (the gate's per-class rules, the report), so writer and readers can never disagree.
+    """
+    return f"{prefix}{stat}_{metric_key(class_name)}"
 
 
 def compute_metrics(

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tlops.config import ChangeRule, GateConfig, ValueRule
+from tlops.evaluation import class_metric
 
 Decision = Literal["promote", "reject", "no_rules", "unchanged"]
 
@@ -106,6 +107,11 @@ def value_rule(rule: ValueRule, metrics: dict[str, float]) -> RuleResult:
             reason=f"no metric named {rule.metric!r} (known: {', '.join(sorted(metrics)[:8])}...)",
         )  # fmt: skip
     value = metrics[rule.metric]
+    if not math.isfinite(value):
+        return RuleResult(
+            rule=rule.metric, kind="value", threshold=threshold, observed=_fmt(value),
+            passed=False, reason=f"{rule.metric} is not a finite number",
+        )  # fmt: skip
     ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
     return RuleResult(
         rule=rule.metric, kind="value", threshold=threshold, observed=_fmt(value), passed=ok
@@ -113,7 +119,12 @@ def value_rule(rule: ValueRule, metrics: dict[str, float]) -> RuleResult:
 
 
 def change_rule(rule: ChangeRule, candidate: Evidence, champion: Evidence) -> RuleResult:
-    """The candidate's change against the champion on one metric."""
+    """The candidate's change against the champion on one metric.
+
+    A metric missing on either side, or not a finite number, fails the rule. A relative rule
+    against a champion value of 0 compares the absolute delta with ``min_delta`` (and says so
+    in ``reason``): there is no ratio to take, and a worse candidate must still fail.
+    """
     unit = " (relative)" if rule.relative else ""
     sign = "+" if rule.direction == "higher" else "-"
     name = f"{rule.metric} vs champion"
@@ -126,13 +137,21 @@ def change_rule(rule: ChangeRule, candidate: Evidence, champion: Evidence) -> Ru
             reason=f"{' and '.join(missing)} has no metric {rule.metric!r}",
         )  # fmt: skip
     new, old = candidate.metrics[rule.metric], champion.metrics[rule.metric]
+    if not (math.isfinite(new) and math.isfinite(old)):
+        return RuleResult(
+            rule=name, kind="change", threshold=threshold, observed=f"{_fmt(new)} vs {_fmt(old)}",
+            passed=False, reason=f"{rule.metric} is not a finite number on both sides",
+        )  # fmt: skip
     delta = new - old if rule.direction == "higher" else old - new
-    if rule.relative:
-        delta = delta / abs(old) if old else math.inf if delta > 0 else 0.0
+    reason = ""
+    if rule.relative and old == 0:
+        reason = "champion value is 0: absolute delta compared"
+    elif rule.relative:
+        delta = delta / abs(old)
     observed = f"{_fmt(new)} vs {_fmt(old)} (delta {delta:+.4g})"
     return RuleResult(
         rule=name, kind="change", threshold=threshold, observed=observed,
-        passed=delta >= rule.min_delta,
+        passed=delta >= rule.min_delta, reason=reason,
     )  # fmt: skip
 
 
@@ -152,31 +171,63 @@ def mcnemar(candidate: list[bool], champion: list[bool]) -> tuple[int, int, floa
 
 
 def mcnemar_rule(p_limit: float, candidate: Evidence, champion: Evidence) -> RuleResult:
-    """The candidate must be significantly better than the champion on the same images."""
+    """The candidate must be significantly better than the champion on the same images.
+
+    Without paired predictions on both sides, or with predictions of different lengths
+    (not the same images), the rule fails and says why.
+    """
+    rule = "McNemar (paired test predictions)"
+    threshold = f"p < {p_limit:g} and candidate wins more pairs"
+    n_new, n_old = len(candidate.correct), len(champion.correct)
+    if not n_new or not n_old or n_new != n_old:
+        why = (
+            "no paired predictions" if not n_new or not n_old
+            else "paired predictions cover different images"
+        )  # fmt: skip
+        return RuleResult(
+            rule=rule, kind="mcnemar", threshold=threshold, observed="missing", passed=False,
+            reason=f"{why}: candidate {n_new}, champion {n_old}",
+        )  # fmt: skip
     b, c, p = mcnemar(candidate.correct, champion.correct)
     return RuleResult(
-        rule="McNemar (paired test predictions)",
+        rule=rule,
         kind="mcnemar",
-        threshold=f"p < {p_limit:g} and candidate wins more pairs",
+        threshold=threshold,
         observed=f"p = {p:.4g}; only candidate right {c}, only champion right {b}",
         passed=p < p_limit and c > b,
     )
 
 
 def recall_rules(max_drop: float, candidate: Evidence, champion: Evidence) -> list[RuleResult]:
-    """No class may lose more than ``max_drop`` recall against the champion."""
+    """No class may lose more than ``max_drop`` recall against the champion.
+
+    Recalls are looked up under :func:`tlops.evaluation.class_metric`, the key they were
+    written under. A class whose recall is missing (or not a finite number) on either side
+    fails its rule; no classes at all fail the one rule.
+    """
+    threshold = f"drop <= {_fmt(max_drop)}"
+    if not candidate.classes:
+        return [
+            RuleResult(rule="recall per class vs champion", kind="recall_drop",
+                       threshold=threshold, observed="missing", passed=False,
+                       reason="the candidate has no classes")
+        ]  # fmt: skip
     out = []
     for name in candidate.classes:
-        key = f"test_recall_{name}"
-        if key not in candidate.metrics or key not in champion.metrics:
+        key, rule = class_metric("recall", name), f"recall of class {name} vs champion"
+        missing = [who for who, e in (("candidate", candidate), ("champion", champion))
+                   if not math.isfinite(e.metrics.get(key, math.nan))]  # fmt: skip
+        if missing:
+            out.append(RuleResult(
+                rule=rule, kind="recall_drop", threshold=threshold, observed="missing",
+                passed=False, reason=f"{' and '.join(missing)} has no value for {key!r}",
+            ))  # fmt: skip
             continue
         new, old = candidate.metrics[key], champion.metrics[key]
-        result = RuleResult(
-            rule=f"recall of class {name} vs champion", kind="recall_drop",
-            threshold=f"drop <= {_fmt(max_drop)}", observed=f"{_fmt(new)} vs {_fmt(old)}",
-            passed=old - new <= max_drop,
-        )  # fmt: skip
-        out.append(result)
+        out.append(RuleResult(
+            rule=rule, kind="recall_drop", threshold=threshold,
+            observed=f"{_fmt(new)} vs {_fmt(old)}", passed=old - new <= max_drop,
+        ))  # fmt: skip
     return out
 
 

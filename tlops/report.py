@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tlops.evaluation import metric_key
+from tlops.evaluation import class_metric
 from tlops.gate import Evidence, Verdict
 
 #: Where the train flow writes the report in its run folder (and logs it under ``gate/``).
@@ -53,10 +53,9 @@ def per_class_table(candidate: Evidence, champion: Evidence | None) -> list[str]
         "|---|---|---|---|---|---|",
     ]
     for name in candidate.classes:
-        key = metric_key(name)
-        rec = candidate.metrics.get(f"test_recall_{key}")
-        prec = candidate.metrics.get(f"test_precision_{key}")
-        old_rec, old_prec = ref.get(f"test_recall_{key}"), ref.get(f"test_precision_{key}")
+        recall_key, precision_key = class_metric("recall", name), class_metric("precision", name)
+        rec, prec = candidate.metrics.get(recall_key), candidate.metrics.get(precision_key)
+        old_rec, old_prec = ref.get(recall_key), ref.get(precision_key)
         lines.append(
             f"| {name} | {_num(rec)} | {_num(old_rec)} | {_delta(rec, old_rec)} | {_num(prec)}"
             f" | {_num(old_prec)} |"

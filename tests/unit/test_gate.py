@@ -122,3 +122,79 @@ def test_verdict_markdown_names_every_rule() -> None:
 def test_bad_gate_config_names_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_recall_rule_finds_the_sanitized_key_of_non_ascii_and_punctuated_classes() -> None:
+    from tlops.evaluation import compute_metrics
+
+    classes = ["café", "thé", "cat:1"]
+    labels = [0, 1, 2, 0, 1, 2]
+    perfect = [[1.0 if i == y else 0.0 for i in range(3)] for y in labels]
+    half = [[1.0 if i == (y if n < 3 else (y + 1) % 3) else 0.0 for i in range(3)]
+            for n, y in enumerate(labels)]  # fmt: skip
+    old = compute_metrics(labels, perfect, classes, 1).scalars()
+    new = compute_metrics(labels, half, classes, 1).scalars()
+    champion = Evidence(metrics=old, correct=[True] * 6, classes=classes, version="1")
+    candidate = Evidence(metrics=new, correct=[True] * 3 + [False] * 3, classes=classes)
+    verdict = decide(gate(max_recall_drop=0.1), candidate, champion)
+    assert verdict.decision == "reject"
+    assert [r.rule for r in verdict.results] == [f"recall of class {c} vs champion"
+                                                 for c in classes]  # fmt: skip
+    assert all(r.passed is False and r.observed == "0.5 vs 1" for r in verdict.results)
+
+
+def test_a_rule_whose_metric_is_missing_fails_with_the_reason() -> None:
+    champion = evidence(0.8, [True, True], version="1", test_recall_a=0.9, test_recall_b=0.9)
+    # the candidate lacks class b's recall
+    candidate = evidence(0.9, [True, True], test_recall_a=0.9)
+    verdict = decide(gate(max_recall_drop=0.5), candidate, champion)
+    assert verdict.decision == "reject"
+    (failed,) = verdict.failed_rules
+    assert failed.rule == "recall of class b vs champion"
+    assert failed.reason == "candidate has no value for 'test_recall_b'"
+    # a change rule on a metric the champion lacks
+    rules = gate(changes=[{"metric": "test_macro_f1", "min_delta": -1.0}])
+    lacking = decide(rules, evidence(0.9, [True], test_macro_f1=0.5), evidence(0.8, [True], "1"))
+    assert lacking.decision == "reject"
+    assert lacking.failed_rules[0].reason == "champion has no metric 'test_macro_f1'"
+    # a value rule on a metric that is not a number
+    nan = decide(gate(values=[{"metric": "test_accuracy", "max": 1.0}]),
+                 evidence(float("nan"), [True]), None)  # fmt: skip
+    assert nan.decision == "reject" and "not a finite number" in nan.failed_rules[0].reason
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "why"),
+    [
+        ([], [True, False], "no paired predictions: candidate 0, champion 2"),
+        ([True, True, True], [True, False], "paired predictions cover different images"),
+    ],
+)
+def test_mcnemar_without_matching_paired_predictions_fails(
+    candidate: list[bool], champion: list[bool], why: str
+) -> None:
+    verdict = decide(
+        gate(mcnemar_p=0.05), evidence(0.9, candidate), evidence(0.5, champion, version="1")
+    )
+    assert verdict.decision == "reject"
+    (failed,) = verdict.failed_rules
+    assert failed.kind == "mcnemar" and why in failed.reason
+
+
+@pytest.mark.parametrize("direction", ["higher", "lower"])
+def test_relative_change_against_a_zero_champion_compares_the_absolute_delta(
+    direction: str,
+) -> None:
+    rules = gate(changes=[{"metric": "test_loss", "direction": direction, "relative": True,
+                           "min_delta": -0.05}])  # fmt: skip
+    champion = evidence(0.5, [True], version="1", test_loss=0.0)
+    worse = -0.5 if direction == "higher" else 0.5
+    rejected = decide(rules, evidence(0.6, [True], test_loss=worse), champion)
+    assert rejected.decision == "reject"
+    (failed,) = rejected.failed_rules
+    assert failed.reason == "champion value is 0: absolute delta compared"
+    assert "delta -0.5" in failed.observed
+    slightly = -0.01 if direction == "higher" else 0.01  # within the allowed -0.05
+    assert decide(rules, evidence(0.6, [True], test_loss=slightly), champion).passed
+    better = decide(rules, evidence(0.6, [True], test_loss=-worse), champion)
+    assert better.passed and "delta +0.5" in better.results[0].observed
