@@ -400,9 +400,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(k.strip() for k in keys):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. data.rev=v1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({problem})") from None
     return [k.strip() for k in keys], value
 
 
@@ -417,6 +418,35 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 where = ".".join(keys[: i + 1])
                 raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
+#: Largest config file read (bytes): a run config is a few KiB.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: no "billion laughs" expansion.
+
+    An alias is a pointer to an earlier node; nested ones expand exponentially once the tree
+    is copied (as overrides do), so a config that uses either is refused at its line.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Refuse an alias or an anchored node, naming where it is."""
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            what = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise yaml.MarkedYAMLError(
+                problem=f"YAML {what}{event.anchor} found: anchors and aliases are not allowed"
+                " in tlops configs",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text`` without anchors and aliases (see :class:`_NoAliasLoader`)."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
+
+
             node = child
         node[keys[-1]] = value
     return result
@@ -427,7 +457,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = safe_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -450,6 +480,12 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: config file is {size} bytes, more than the limit of "
+            f"{MAX_CONFIG_BYTES // (1 << 20)} MiB"
+        )
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc}: {msg}{more}"
 
