@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
 from tasks.data import resolve_data_task
-from tasks.registry import gate_task, register_task, unchanged_task
+from tasks.registry import gate_task, reconcile_task, register_task, unchanged_task
 from tasks.train import (
     evaluate_task,
     fail_tracking_task,
@@ -19,10 +19,11 @@ from tasks.train import (
 from tlops.config import RunConfig
 from tlops.gate import Verdict
 from tlops.paths import run_dir
+from tlops.policy import PolicyOrigin
 from tlops.promotion import PromotionResult
 from tlops.report import REPORT_FILE
 from tlops.steps import EvalSummary, TrainSummary
-from tlops.tracking import tracking_uri
+from tlops.tracking import shown_tracking_uri
 from tlops.validation import ValidationOutcome
 
 
@@ -40,6 +41,7 @@ class TrainOutcome(BaseModel):
     promotion: PromotionResult
     tracking_uri: str
     report_path: str
+    reconciled: list[str] = []
 
     @property
     def exit_code(self) -> int:
@@ -64,6 +66,7 @@ class TrainOutcome(BaseModel):
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
                 f"- **{self.promotion.line()}**",
+                *(f"- reconciled first: {a}" for a in self.reconciled + self.promotion.reconciled),
                 "- look at it: `make ui` (the default store), then the experiment of this config's"
                 " name: curves, confusion matrix, misclassified images under Artifacts",
                 "",
@@ -81,6 +84,7 @@ class Unchanged(BaseModel):
     champion_version: str
     data_md5: str
     exit_code: int = 0
+    reconciled: list[str] = []
 
     def summary(self) -> str:
         """One Markdown paragraph for the console and CI."""
@@ -88,22 +92,25 @@ class Unchanged(BaseModel):
             f"### tlops train: nothing changed\n- {self.model_name}: same data (md5"
             f" `{self.data_md5}`), config and code as champion v{self.champion_version}:"
             " not retrained, nothing registered"
-        )
+        ) + "".join(f"\n- reconciled first: {a}" for a in self.reconciled)
 
 
 @flow(name="tlops-train")
 def train_flow(
-    config: RunConfig, trigger: str = "manual", force: bool = False
-) -> TrainOutcome | Unchanged:
+    config: RunConfig, trigger: str = "manual", force: bool = False,
+    policy: PolicyOrigin | None = None,
+) -> TrainOutcome | Unchanged:  # fmt: skip
     """Resolve and validate the data, train, evaluate, log everything to one MLflow run, gate
     and register.
 
     When the data md5, config and code match the champion's lineage the flow stops after
     resolving the data ("nothing changed"), unless ``force``. ``trigger`` (schedule, ci or
-    manual) is tagged on the MLflow run.
+    manual) and where the gate / registry policy came from (``policy``, see
+    :mod:`tlops.policy`; None: unknown) are tagged on the MLflow run, and so on its version.
     """
     flow_run_id = str(flow_run.get_id() or "local")
     out_dir = str(run_dir(flow_run_id))
+    reconciled = reconcile_task(config)
     resolved = None
     if not force:
         resolved = resolve_data_task(config.data)
@@ -111,10 +118,12 @@ def train_flow(
         if champion is not None:
             return Unchanged(
                 model_name=config.model_name, champion_version=champion.version,
-                data_md5=resolved.md5,
+                data_md5=resolved.md5, reconciled=reconciled,
             )  # fmt: skip
     validation = validate_flow(config, resolved)
-    run_id = start_tracking_task(config, validation.data, validation.manifest, flow_run_id, trigger)
+    run_id = start_tracking_task(
+        config, validation.data, validation.manifest, flow_run_id, trigger, policy
+    )
     try:
         trained = train_task(config, validation.data, validation.manifest, out_dir, run_id)
         evaluated = evaluate_task(config, trained, validation.data, validation.manifest, out_dir)
@@ -137,6 +146,7 @@ def train_flow(
         evaluated=evaluated,
         verdict=promotion.verdict,
         promotion=promotion,
-        tracking_uri=tracking_uri(),
+        tracking_uri=shown_tracking_uri(),
         report_path=str(run_dir(flow_run_id) / REPORT_FILE),
+        reconciled=reconciled,
     )

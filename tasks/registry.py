@@ -16,11 +16,13 @@ from tlops.promotion import (
     PromotionResult,
     candidate_from_run,
     judge_against,
+    lineage_card,
     lineage_tags,
     measure_version,
     promote,
     unchanged_champion,
 )
+from tlops.reconcile import reconcile
 from tlops.report import REPORT_FILE, write_report
 from tlops.steps import EvalSummary, TrainSummary
 from tlops.validation import ManifestInfo
@@ -30,6 +32,19 @@ def artifact_key(model_name: str) -> str:
     """The stable Prefect artifact key of a model's runs (lowercase letters, digits, dashes):
     the Prefect UI lists every run's report under it, newest first."""
     return "gate-" + "".join(c if c.isalnum() else "-" for c in model_name.lower())
+
+
+@task(name="reconcile-registry", cache_policy=NO_CACHE)
+def reconcile_task(config: RunConfig) -> list[str]:
+    """Settle what an earlier run of this model left half promoted (before anything reads the
+    champion); returns what was done, one line each."""
+    done = reconcile(
+        config.model_name, config.registry.champion_alias, config.registry.previous_alias,
+        lineage_card,
+    )  # fmt: skip
+    for line in done.lines():
+        get_run_logger().warning(line)
+    return done.actions
 
 
 @task(name="check-unchanged", cache_policy=NO_CACHE)

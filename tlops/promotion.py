@@ -1,15 +1,22 @@
 """Stages 6 and 7: measure the champion on the candidate's test split, decide, register, promote.
 
-The order of :func:`promote` is what keeps the registry consistent:
+Promotion is a small state machine (design section 7b), safe at every step:
 
-1. just before registering, re-read the champion alias; if another flow moved it since the
+1. reconcile what an earlier run of this model left half done (:mod:`tlops.reconcile`);
+2. just before registering, re-read the champion alias; if another flow moved it since the
    candidate was judged, judge it again against the new champion;
-2. register the version with its lineage as tags and description;
-3. re-read the alias once more just before moving it (same re-judging); a failure anywhere
-   between registering and moving the alias deletes the version: no version without a passed
-   gate, no alias without a version;
-4. move ``champion`` to the new version, then ``previous`` to the old champion, each move
-   appended to the ledger (once ``champion`` moved, the promotion stands).
+3. register the version, tagged ``tlops.state=pending`` with its owner (host:pid);
+4. re-read the alias once more (same re-judging), then tag the gate evidence;
+5. write the ledger ``intent`` (alias, from, to, why);
+6. move the alias;
+7. confirm the ledger entry;
+8. tag the version ``complete``. Then, best effort (a failure is a warning, the promotion
+   stands): ``previous`` to the old champion, the description to the new card.
+
+A failure before step 6 deletes the version (no alias call was issued). A failure from step 6
+on restores the old alias, aborts the ledger entry and marks the version ``aborted``: a version
+is never deleted after its alias call was issued (the next reconcile removes it once no alias
+holds it). A killed process leaves a state that the next run's reconcile settles.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,11 +33,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tlops import registry
-from tlops.config import RunConfig, dump_config
+from tlops.config import RunConfig, config_sha256, dump_config
 from tlops.dataversion import DataVersion
 from tlops.errors import ConfigError, ServiceError, TlopsError
 from tlops.gate import Evidence, Verdict, decide
 from tlops.inputs import load_images, read_split
+from tlops.reconcile import reconcile_locked
 from tlops.validation import ManifestInfo
 
 #: Version tags that make up the lineage card, in the order it prints them.
@@ -56,13 +65,17 @@ class PromotionResult(BaseModel):
     version: str | None = None
     previous_version: str | None = None
     rejudged: int = 0
+    warnings: list[str] = []
+    reconciled: list[str] = []
 
     def line(self) -> str:
-        """One line for the summary."""
+        """One line for the summary (warnings after it, separated by '; ')."""
         if self.version:
             before = f" (previous: v{self.previous_version})" if self.previous_version else ""
-            return f"promoted: {self.model_name} v{self.version} is champion{before}"
-        return f"not promoted ({self.verdict.decision}): {self.verdict.reason}"
+            text = f"promoted: {self.model_name} v{self.version} is champion{before}"
+        else:
+            text = f"not promoted ({self.verdict.decision}): {self.verdict.reason}"
+        return "; ".join([text, *(f"warning: {w}" for w in self.warnings)])
 
 
 def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> str:
@@ -176,7 +189,8 @@ def lineage_tags(
         "gate.reason": verdict.reason,
         "gate.champion_compared": verdict.champion_version or "none",
         "gate.verdict": verdict.model_dump_json(),
-        "config": dump_config(cfg),
+        "config": dump_config(cfg),  # shown on the card; cut (marked) when long
+        "config.sha256": config_sha256(cfg),  # of the run's config.yaml artifact (reproduce)
         "tlops.fingerprint": fingerprint,
     }
 
@@ -209,6 +223,64 @@ def lineage_card(info: registry.VersionInfo, depth: int = 0) -> str:
     return "\n".join(lines)
 
 
+class _Step:
+    """Where a promotion stands, for undoing it (see :func:`_undo`)."""
+
+    def __init__(self) -> None:
+        self.entry: registry.LedgerEntry | None = None
+        self.alias_issued = False
+
+
+def _undo(
+    name: str, alias: str, version: str, champion: registry.VersionInfo | None, step: _Step,
+    cause: BaseException,
+) -> None:  # fmt: skip
+    """Undo a failed promotion, each part best effort (the original failure is what the user
+    sees; what cannot be undone now, the next reconcile settles)."""
+    why = f"promotion failed: {str(cause)[:300]}"
+    if not step.alias_issued:
+        with contextlib.suppress(Exception):
+            if step.entry is not None:
+                registry.write_ledger(name, step.entry.settle("aborted", why))
+        try:
+            registry.delete_version(name, version)
+        except Exception:
+            with contextlib.suppress(Exception):
+                registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
+        return
+    with contextlib.suppress(Exception):
+        registry.set_alias(name, alias, champion.version if champion else None)
+    with contextlib.suppress(Exception):
+        registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
+    with contextlib.suppress(Exception):
+        if step.entry is not None:
+            registry.write_ledger(name, step.entry.settle("aborted", why + "; alias restored"))
+
+
+def _after_promotion(
+    cfg: RunConfig, version: str, champion: registry.VersionInfo | None, flow_run_id: str,
+) -> list[str]:  # fmt: skip
+    """``previous`` to the replaced champion and the description to the new card; failures
+    are warnings (the promotion already stands; the next reconcile retries both)."""
+    name, warnings = cfg.model_name, []
+    if champion is not None:
+        try:
+            registry.fault("previous_alias")
+            registry.move_alias(
+                name, cfg.registry.previous_alias, champion.version,
+                f"replaced as {cfg.registry.champion_alias} by v{version}", flow_run_id,
+                champion.run_id,
+            )  # fmt: skip
+        except TlopsError as exc:
+            warnings.append(f"@{cfg.registry.previous_alias} not moved ({exc})")
+    try:
+        registry.fault("description")
+        registry.set_description(name, lineage_card(registry.resolve(f"models:/{name}/{version}")))
+    except TlopsError as exc:
+        warnings.append(f"description not updated ({exc})")
+    return warnings
+
+
 def promote(
     cfg: RunConfig,
     run_id: str,
@@ -219,7 +291,7 @@ def promote(
     flow_run_id: str,
     max_rejudge: int = 3,
 ) -> PromotionResult:
-    """Register and promote a candidate whose gate passed (see the module docstring)."""
+    """Register and promote a candidate whose gate passed (the steps of the module docstring)."""
     name, alias = cfg.model_name, cfg.registry.champion_alias
     rejudged = 0
 
@@ -234,36 +306,49 @@ def promote(
             current = registry.version_by_alias(name, alias)
         return v, current
 
+    def rejected(v: Verdict, fixed: list[str]) -> PromotionResult:
+        return PromotionResult(verdict=v, model_name=name, rejudged=rejudged, reconciled=fixed)
+
     with registry.promotion_lock(name):
+        fixed = reconcile_locked(name, alias, cfg.registry.previous_alias, lineage_card).actions
         verdict, current = still_current(verdict)
         if not verdict.passed:
-            return PromotionResult(verdict=verdict, model_name=name, rejudged=rejudged)
-        info = registry.register(name, run_id, model_uri, tags_for(verdict), "")
+            return rejected(verdict, fixed)
+        pending = {
+            registry.STATE_TAG: "pending", registry.OWNER_TAG: registry.owner(),
+            registry.STARTED_TAG: f"{time.time():.0f}",
+        }  # fmt: skip
+        info = registry.register(name, run_id, model_uri, {**tags_for(verdict), **pending}, "")
+        step = _Step()
         try:
             registry.fault("after_register")
             verdict, current = still_current(verdict)
             if not verdict.passed:
                 registry.delete_version(name, info.version)
-                return PromotionResult(verdict=verdict, model_name=name, rejudged=rejudged)
+                return rejected(verdict, fixed)
             gate_tags = {k: v for k, v in tags_for(verdict).items() if k.startswith("gate.")}
             registry.tag_version(name, info.version, gate_tags)
-            registry.fault("before_alias")
-            why = f"gate passed: {verdict.reason}"
-            registry.move_alias(name, alias, info.version, why, flow_run_id, run_id)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the original failure is what the user must see
-                registry.delete_version(name, info.version)
-            raise
-        if current is not None:
-            registry.move_alias(
-                name, cfg.registry.previous_alias, current.version,
-                f"replaced as {alias} by v{info.version}", flow_run_id, current.run_id,
+            registry.fault("after_gate_tags")
+            step.entry = registry.intend_move(
+                name, alias, info.version, current.version if current else None,
+                f"gate passed: {verdict.reason}", flow_run_id, run_id,
             )  # fmt: skip
-    promoted = registry.resolve(f"models:/{name}/{info.version}")
-    registry.set_description(name, lineage_card(promoted))
+            registry.fault("after_intent")
+            step.alias_issued = True
+            registry.set_alias(name, alias, info.version)
+            registry.fault("after_alias")
+            registry.write_ledger(name, step.entry.settle("confirmed"))
+            registry.fault("after_ledger")
+            registry.tag_version(name, info.version, {registry.STATE_TAG: "complete"})
+            registry.fault("after_complete")
+        except BaseException as exc:
+            _undo(name, alias, info.version, current, step, exc)
+            raise
+        warnings = _after_promotion(cfg, info.version, current, flow_run_id)
     return PromotionResult(
         verdict=verdict, model_name=name, version=info.version,
         previous_version=current.version if current else None, rejudged=rejudged,
+        warnings=warnings, reconciled=fixed,
     )  # fmt: skip
 
 
@@ -271,13 +356,33 @@ REPRODUCED = ("test_accuracy", "test_macro_f1", "latency_ms_batch1", "model_size
 
 
 def reproduction_config(info: registry.VersionInfo, tmp: Path) -> RunConfig:
-    """A version's resolved config at its data revision, with the gate cleared."""
-    from tlops.config import load_config
+    """A version's resolved config at its data revision, with the gate cleared.
 
-    if "config" not in info.tags or "data.rev" not in info.tags:
-        raise ConfigError(f"{info.name} v{info.version}: no config / data.rev tags to reproduce")
-    path = tmp / "config.yaml"
-    path.write_text(info.tags["config"], encoding="utf-8")
+    The config is the run's full ``config.yaml`` artifact (never the ``config`` tag, which is
+    cut when long), and its sha256 must be the version's ``config.sha256`` tag: a missing or
+    different one is refused rather than reproducing something else.
+    """
+    from tlops.config import load_config
+    from tlops.tracking import download_run_file
+
+    who = f"{info.name} v{info.version}"
+    expected = info.tags.get("config.sha256")
+    if not info.run_id or not expected or "data.rev" not in info.tags:
+        raise ConfigError(
+            f"{who}: no run, config.sha256 or data.rev tag: its exact config cannot be verified,"
+            " refusing to reproduce"
+        )
+    path = download_run_file(info.run_id, "config.yaml", tmp)
+    if path is None:
+        raise ConfigError(
+            f"{who}: run {info.run_id} has no config.yaml artifact: refusing to reproduce"
+        )
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        raise ConfigError(
+            f"{who}: config.yaml of run {info.run_id} has sha256 {found[:16]}..., the version's"
+            f" config.sha256 tag says {expected[:16]}...: refusing to reproduce"
+        )
     overrides = [
         f"data.rev={json.dumps(info.tags['data.rev'])}", "data.allow_dirty=false",
         "gate.values=[]", "gate.changes=[]", "gate.mcnemar_p=null", "gate.max_recall_drop=null",

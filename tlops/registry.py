@@ -1,8 +1,13 @@
 """The MLflow model registry: versions with lineage, aliases, and the promotion ledger.
 
 Aliases (not the deprecated stages) mark the champion and the previous champion. Every alias
-move is appended to the ledger, kept as registered-model tags ``tlops.ledger.<ns>.<version>``
-(JSON) in the same registry, so a team's server holds it next to the versions it describes.
+move is recorded in the ledger, kept as registered-model tags ``tlops.ledger.<ns>.<alias>.<v>``
+(JSON) in the same registry, so a team's server holds it next to the versions it describes. An
+entry is written as an ``intent`` before its alias moves and then marked ``confirmed`` (the
+move stands) or ``aborted`` (the alias was restored); entries are never removed.
+
+Versions registered by tlops carry ``tlops.state``: ``pending`` while a promotion is under way,
+then ``complete`` or ``aborted`` (see :mod:`tlops.promotion` and :mod:`tlops.reconcile`).
 """
 
 from __future__ import annotations
@@ -10,20 +15,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from tlops.errors import ConfigError, ServiceError
-from tlops.tracking import client, service, tracking_uri
+from tlops.redact import redact_text, redact_url
+from tlops.tracking import client, service, tag_value, tracking_uri
 
 LEDGER_PREFIX = "tlops.ledger."
-#: Test hook: makes :func:`promote` fail right after registering, to prove nothing is left.
+#: Version tag holding the promotion state: pending, complete or aborted.
+STATE_TAG = "tlops.state"
+#: Version tag naming the process that registered it (``host:pid``) and when (epoch seconds).
+OWNER_TAG = "tlops.owner"
+STARTED_TAG = "tlops.registered_at"
+#: Test hook: ``TLOPS_FAULT=<point>`` makes that promotion step fail (an MLflow write failing).
 FAULT_ENV = "TLOPS_FAULT"
+#: Test hook: ``TLOPS_FAULT_BLOCK=<point>`` blocks at that step (after touching the file named by
+#: ``TLOPS_FAULT_READY``), so a test can kill the process there.
+FAULT_BLOCK_ENV = "TLOPS_FAULT_BLOCK"
+FAULT_READY_ENV = "TLOPS_FAULT_READY"
+
+LedgerState = Literal["intent", "confirmed", "aborted"]
+VersionState = Literal["pending", "complete", "aborted"]
 
 
 class VersionInfo(BaseModel):
@@ -41,7 +60,7 @@ class VersionInfo(BaseModel):
 
 
 class LedgerEntry(BaseModel):
-    """One alias move."""
+    """One alias move: intended, then confirmed or aborted (entries of older tlops: confirmed)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -52,6 +71,44 @@ class LedgerEntry(BaseModel):
     why: str
     flow_run_id: str
     run_id: str | None
+    state: LedgerState = "confirmed"
+    key: str = ""
+    settled: str | None = None
+
+    def settle(self, state: LedgerState, why: str = "") -> LedgerEntry:
+        """This entry in its final state (``why`` appended to the reason)."""
+        extra = f"; {why}" if why else ""
+        return self.model_copy(update={"state": state, "settled": _now(), "why": self.why + extra})
+
+
+def _now() -> str:
+    """UTC now, ISO 8601 to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def owner() -> str:
+    """``host:pid`` of this process (who a pending version belongs to)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(tag: str) -> bool | None:
+    """Whether the ``host:pid`` owner of a pending version still runs: None on another host."""
+    host, _, pid = tag.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def state_of(info: VersionInfo) -> VersionState | None:
+    """A version's promotion state; None for versions registered by older tlops or by hand."""
+    value = info.tags.get(STATE_TAG)
+    return value if value in ("pending", "complete", "aborted") else None  # type: ignore[return-value]
 
 
 def _info(version: Any) -> VersionInfo:
@@ -67,6 +124,13 @@ def _info(version: Any) -> VersionInfo:
     )
 
 
+def versions(name: str) -> list[VersionInfo]:
+    """Every version of registered model ``name`` (none when the model does not exist)."""
+    with service(f"list the versions of {name}"):
+        found = client().search_model_versions(f"name='{name}'")
+    return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+
+
 def version_by_alias(name: str, alias: str) -> VersionInfo | None:
     """The version holding ``alias``, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
@@ -77,8 +141,8 @@ def version_by_alias(name: str, alias: str) -> VersionInfo | None:
     except MlflowException as exc:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}:
             return None
-        where = f"MLflow ({tracking_uri()})"
-        raise ServiceError(f"{where} failed to read {name}@{alias}: {exc}") from None
+        where = f"MLflow ({redact_url(tracking_uri())})"
+        raise ServiceError(redact_text(f"{where} failed to read {name}@{alias}: {exc}")) from None
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -170,7 +234,7 @@ def register(
             + (model_uri.split("/", 3)[-1])
         )
         version = mlflow_client.create_model_version(
-            name, source, run_id=run_id, tags={k: v[:5000] for k, v in tags.items()},
+            name, source, run_id=run_id, tags={k: tag_value(v) for k, v in tags.items()},
             description=description[:5000],
         )  # fmt: skip
     return _info(version)
@@ -181,7 +245,7 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
     with service(f"tag {name} v{version}"):
         mlflow_client = client()
         for key, value in tags.items():
-            mlflow_client.set_model_version_tag(name, version, key, value[:5000])
+            mlflow_client.set_model_version_tag(name, version, key, tag_value(value))
 
 
 def delete_version(name: str, version: str) -> None:
@@ -190,26 +254,55 @@ def delete_version(name: str, version: str) -> None:
         client().delete_model_version(name, version)
 
 
+def set_alias(name: str, alias: str, version: str | None) -> None:
+    """Point ``alias`` at ``version``, or remove it (None)."""
+    from mlflow.exceptions import MlflowException
+
+    with service(f"move alias {name}@{alias}"):
+        mlflow_client = client()
+        if version is not None:
+            mlflow_client.set_registered_model_alias(name, alias, version)
+            return
+        try:
+            mlflow_client.delete_registered_model_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code not in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+                raise
+
+
+def write_ledger(name: str, entry: LedgerEntry) -> LedgerEntry:
+    """Write ``entry`` under its key (a new key for a new entry); returns it with its key."""
+    key = entry.key or f"{LEDGER_PREFIX}{time.time_ns():020d}.{entry.alias}.{entry.to_version}"
+    stored = entry.model_copy(update={"key": key, "why": entry.why[:1500]})
+    with service(f"write the ledger of {name}"):
+        client().set_registered_model_tag(name, key, stored.model_dump_json(exclude={"key"}))
+    return stored
+
+
+def intend_move(
+    name: str, alias: str, version: str, from_version: str | None, why: str, flow_run_id: str,
+    run_id: str | None,
+) -> LedgerEntry:  # fmt: skip
+    """Record in the ledger that ``alias`` is about to move to ``version`` (state ``intent``)."""
+    entry = LedgerEntry(
+        when=_now(), alias=alias, from_version=from_version, to_version=version, why=why,
+        flow_run_id=flow_run_id, run_id=run_id, state="intent",
+    )  # fmt: skip
+    return write_ledger(name, entry)
+
+
 def move_alias(
     name: str, alias: str, version: str, why: str, flow_run_id: str, run_id: str | None
 ) -> LedgerEntry:
-    """Point ``alias`` at ``version`` and append the move to the ledger."""
+    """Move ``alias`` to ``version`` with a ledger intent before and its confirmation after.
+
+    A failure after the intent leaves it unconfirmed: :mod:`tlops.reconcile` settles it.
+    """
     before = version_by_alias(name, alias)
-    entry = LedgerEntry(
-        when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        alias=alias,
-        from_version=before.version if before else None,
-        to_version=version,
-        why=why,
-        flow_run_id=flow_run_id,
-        run_id=run_id,
-    )
-    with service(f"move alias {name}@{alias}"):
-        mlflow_client = client()
-        mlflow_client.set_registered_model_alias(name, alias, version)
-        key = f"{LEDGER_PREFIX}{time.time_ns():020d}.{alias}.{version}"
-        mlflow_client.set_registered_model_tag(name, key, entry.model_dump_json())
-    return entry
+    from_version = before.version if before else None
+    entry = intend_move(name, alias, version, from_version, why, flow_run_id, run_id)
+    set_alias(name, alias, version)
+    return write_ledger(name, entry.settle("confirmed"))
 
 
 def set_description(name: str, text: str) -> None:
@@ -219,7 +312,7 @@ def set_description(name: str, text: str) -> None:
 
 
 def ledger(name: str) -> list[LedgerEntry]:
-    """Every recorded alias move of ``name``, oldest first."""
+    """Every recorded alias move of ``name``, oldest first (with its state and key)."""
     from mlflow.exceptions import MlflowException
 
     with service(f"read the ledger of {name}"):
@@ -229,8 +322,9 @@ def ledger(name: str) -> list[LedgerEntry]:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise ConfigError(f"no registered model named {name!r}") from None
             raise
-    keys = sorted(k for k in (model.tags or {}) if k.startswith(LEDGER_PREFIX))
-    return [LedgerEntry.model_validate_json(model.tags[k]) for k in keys]
+    tags = model.tags or {}
+    keys = sorted(k for k in tags if k.startswith(LEDGER_PREFIX))
+    return [LedgerEntry.model_validate_json(tags[k]).model_copy(update={"key": k}) for k in keys]
 
 
 @contextmanager
@@ -257,6 +351,17 @@ def promotion_lock(name: str) -> Iterator[None]:
 
 
 def fault(point: str) -> None:
-    """Raise at ``point`` when ``$TLOPS_FAULT`` names it (failure-injection tests)."""
+    """Failure injection for the fault tests, at a named promotion step.
+
+    ``$TLOPS_FAULT`` naming ``point``: fail there as a failing MLflow write would
+    (:class:`ServiceError`). ``$TLOPS_FAULT_BLOCK`` naming it: touch ``$TLOPS_FAULT_READY`` and
+    block, for the test to kill the process there.
+    """
+    if os.environ.get(FAULT_BLOCK_ENV) == point:
+        ready = os.environ.get(FAULT_READY_ENV)
+        if ready:
+            Path(ready).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        while True:
+            time.sleep(60)
     if os.environ.get(FAULT_ENV) == point:
-        raise RuntimeError(f"injected failure at {point} ({FAULT_ENV}={point})")
+        raise ServiceError(f"injected failure at {point} ({FAULT_ENV}={point})")

@@ -146,5 +146,5 @@ def test_unreachable_mlflow_exits_5(repo: Path, prefect_api: str) -> None:
     )
     assert done.returncode == 5, done.stdout + done.stderr
     assert "MLflow (http://127.0.0.1:" in done.stderr
-    # the first call is the "nothing changed?" look at the champion, before any training
-    assert "failed to read smoke@champion" in done.stderr
+    # the first call settles the registry (reconcile), before any training
+    assert "failed to list the versions of smoke" in done.stderr
