@@ -184,4 +184,4 @@ def test_ledger_entries_of_older_tlops_read_as_confirmed(tracked: str, tmp_path:
     }  # fmt: skip
     key = f"{registry.LEDGER_PREFIX}00000000000000000001.champion.{first}"
     registry.client().set_registered_model_tag(name, key, json.dumps(old))
-    assert [e.state for e in registry.ledger(name)][0] == "confirmed"
+    assert next(e.state for e in registry.ledger(name)) == "confirmed"

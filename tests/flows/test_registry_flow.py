@@ -175,13 +175,14 @@ def test_concurrent_candidates_never_both_become_champion(
 def test_failure_while_promoting_leaves_nothing_half_written(
     repo: Path, tracked: str, prefect_api: str
 ) -> None:
-    """A failure after the version is registered and tagged, before the alias moves."""
+    """A failure (a failing MLflow write) after the version is registered and its gate evidence
+    tagged, before the alias call: exit 5, the version is deleted."""
     from mlflow import MlflowClient
 
-    point = "before_alias"
+    point = "after_gate_tags"
     name = f"shapes-fault-{point.replace('_', '-')}"
     done = tlops_cli(train_args(repo, name, FIRST), prefect_api, TLOPS_FAULT=point)
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 5, done.stdout + done.stderr
     assert f"injected failure at {point}" in done.stdout + done.stderr
     client = MlflowClient(tracked)
     assert not client.search_model_versions(f"name='{name}'")
