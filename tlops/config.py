@@ -6,6 +6,7 @@ they come from the environment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -305,6 +306,10 @@ class ChangeRule(_Section):
     (``direction: lower``, e.g. latency), divided by the champion's value when ``relative``.
     Pass when delta >= ``min_delta``: 0 = no worse, 0.01 = at least one point better,
     -0.01 = at most one point worse.
+
+    A relative rule against a champion value of exactly 0 has no ratio to take: it compares
+    the absolute delta with ``min_delta`` instead (the verdict says so), so a worse candidate
+    still fails. A metric missing on either side, or not a finite number, fails the rule.
     """
 
     metric: str = Field(min_length=1)
@@ -318,10 +323,6 @@ class GateConfig(_Section):
 
     values: list[ValueRule] = Field(default_factory=list)
     changes: list[ChangeRule] = Field(default_factory=list)
-
-    A relative rule against a champion value of exactly 0 has no ratio to take: it compares
-    the absolute delta with ``min_delta`` instead (the verdict says so), so a worse candidate
-    still fails. A metric missing on either side, or not a finite number, fails the rule.
     mcnemar_p: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="also require a McNemar test on paired test predictions: candidate "
@@ -393,31 +394,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b.c=value`` into its key path and a YAML-typed value."""
-    key, sep, raw = text.partition("=")
-    keys = key.strip().split(".")
-    if not sep or not all(k.strip() for k in keys):
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. data.rev=v1")
-    try:
-        value = safe_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or exc
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({problem})") from None
-    return [k.strip() for k in keys], value
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``tree`` with each dotted ``KEY=VALUE`` override set."""
-    result: dict[str, Any] = json.loads(json.dumps(tree, default=str))
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = result
-        for i, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                where = ".".join(keys[: i + 1])
-                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
 #: Largest config file read (bytes): a run config is a few KiB.
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -447,6 +423,31 @@ def safe_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
 
 
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value."""
+    key, sep, raw = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. data.rev=v1")
+    try:
+        value = safe_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({problem})") from None
+    return [k.strip() for k in keys], value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``tree`` with each dotted ``KEY=VALUE`` override set."""
+    result: dict[str, Any] = json.loads(json.dumps(tree, default=str))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(keys[: i + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a value, not a section")
             node = child
         node[keys[-1]] = value
     return result
@@ -456,6 +457,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: config file is {size} bytes, more than the limit of "
+            f"{MAX_CONFIG_BYTES // (1 << 20)} MiB"
+        )
     try:
         loaded = safe_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -480,12 +487,6 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{path}: config file is {size} bytes, more than the limit of "
-            f"{MAX_CONFIG_BYTES // (1 << 20)} MiB"
-        )
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{source}: {loc}: {msg}{more}"
 
@@ -515,4 +516,18 @@ def config_schema() -> dict[str, Any]:
 
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (what a run logs as its artifact)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(config.model_dump(mode="json"), Dumper=_PlainDumper, sort_keys=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that never writes anchors / aliases (configs refuse them)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        """Every node written in full."""
+        return True
+
+
+def config_sha256(config: RunConfig) -> str:
+    """sha256 of :func:`dump_config`: the ``config.sha256`` tag of runs and versions, which
+    ``tlops reproduce`` checks the run's ``config.yaml`` artifact against."""
+    return hashlib.sha256(dump_config(config).encode("utf-8")).hexdigest()
