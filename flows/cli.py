@@ -20,6 +20,7 @@ import typer
 
 from tlops.config import RunConfig, load_config
 from tlops.errors import ConfigError, ServiceError, TlopsError
+from tlops.redact import redact_text
 
 app = typer.Typer(
     name="tlops",
@@ -66,7 +67,7 @@ DEFAULT_REPORT = Path("tlops-report.md")
 
 def _fail(exc: TlopsError) -> typer.Exit:
     """Print a one-line cause to stderr and turn it into the exit code of its kind."""
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {redact_text(str(exc))}", fg=typer.colors.RED, err=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -98,6 +99,7 @@ def _append_step_summary(markdown: str) -> bool:
 
 def _publish_summary(markdown: str) -> None:
     """Print a run summary and append it to ``$GITHUB_STEP_SUMMARY`` when set."""
+    markdown = redact_text(markdown)
     typer.echo(markdown)
     _append_step_summary(markdown)
 
@@ -230,6 +232,7 @@ def _report_text(outcome: Any) -> str:
 
 def _write_report(text: str, ci: bool, report: Path | None) -> None:
     """CI: the report to ``$GITHUB_STEP_SUMMARY``, else to ``--report`` / tlops-report.md."""
+    text = redact_text(text)
     summarized = ci and _append_step_summary(text)
     target = report or (DEFAULT_REPORT if ci and not summarized else None)
     if target is not None:
@@ -265,6 +268,7 @@ def _run_flow(
     def failed(exc: TlopsError) -> None:
         if ci or report:
             text = f"### tlops {flow_name}: failed (exit {exc.exit_code})\n\nerror: {exc}"
+            text = redact_text(text)
             _write_report(text, ci, report)
 
     _guard(body, failed)
@@ -478,7 +482,7 @@ def status(
         from tlops.status import model_status, render_status
 
         found = model_status(model_name, alias, last)
-        typer.echo(render_status(found, _schedule_lines(model_name)))
+        typer.echo(redact_text(render_status(found, _schedule_lines(model_name))))
 
     _guard(body)
 
@@ -512,7 +516,7 @@ def lineage(model_uri: ModelUriArg) -> None:
         from tlops.promotion import lineage_card
         from tlops.registry import resolve
 
-        typer.echo(lineage_card(resolve(model_uri)))
+        typer.echo(redact_text(lineage_card(resolve(model_uri))))
 
     _guard(body)
 

@@ -37,7 +37,7 @@ from tlops.sweep import (
     trial_failure,
     worker_environment,
 )
-from tlops.tracking import tracking_uri
+from tlops.tracking import shown_tracking_uri
 from tlops.validation import ValidationOutcome
 
 
@@ -153,7 +153,7 @@ def sweep_flow(config: RunConfig, grid: Grid, cluster: str = "local") -> SweepOu
     return SweepOutcome(
         validation=validation, parent_run_id=parent_id, cluster=cluster,
         monitor=config.train.monitor, trials=trials, results=results, best=best,
-        verdict=promotion.verdict, promotion=promotion, tracking_uri=tracking_uri(),
+        verdict=promotion.verdict, promotion=promotion, tracking_uri=shown_tracking_uri(),
     )  # fmt: skip
 
 

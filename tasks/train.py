@@ -35,7 +35,8 @@ def start_tracking_task(
     tags = {**run_tags(config, data, flow_run_id), "tlops.trigger": trigger}
     run_id = tracking.start_run(config.name, run_name, config.flat(), tags)
     tracking.log_dataset(run_id, data, manifest.digest, context="train")
-    get_run_logger().info("MLflow run %s (%s) at %s", run_id, run_name, tracking.tracking_uri())
+    where = tracking.shown_tracking_uri()
+    get_run_logger().info("MLflow run %s (%s) at %s", run_id, run_name, where)
     return run_id
 
 

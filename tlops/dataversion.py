@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tlops.config import DataConfig
 from tlops.errors import ConfigError, DataError, ServiceError
+from tlops.redact import redact_text, redact_url
 
 WORKTREE = "workdir"
 
@@ -146,7 +147,7 @@ def remote_url(repo: Path) -> str | None:
         return None
     url = str(config["remote"][name]["url"])
     if "://" in url:
-        return url
+        return redact_url(url)  # lineage and messages only: DVC connects with its own config
     return str((repo / ".dvc" / url).resolve()) if not Path(url).is_absolute() else url
 
 
@@ -174,7 +175,9 @@ def _fetch_rev(repo: Path, rev: str, data_path: str, dest: Path) -> None:
         fs.get(data_path, str(dest), recursive=True)
     except Exception as exc:  # DVC raises many types; all mean the remote/cache failed us
         raise ServiceError(
-            f"could not fetch {data_path} at {rev[:12]} from the DVC cache or remote: {exc}"
+            redact_text(
+                f"could not fetch {data_path} at {rev[:12]} from the DVC cache or remote: {exc}"
+            )
         ) from None
 
 

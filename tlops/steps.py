@@ -303,20 +303,34 @@ def _align(test: SplitData, classes: list[str]) -> SplitData:
 
 def run_tags(cfg: RunConfig, data: DataVersion, flow_run_id: str) -> dict[str, str]:
     """Tags known before training: data, backbone, code and the Prefect flow run."""
+    from tlops.config import config_sha256
     from tlops.lineage import code_state
+    from tlops.redact import redact_url
 
     return {
         "data.md5": data.md5,
         "data.rev": data.rev,
         "data.dirty": str(data.dirty).lower(),
         "data.nfiles": str(data.nfiles),
-        "data.remote": data.remote_url or "none",
+        "data.remote": redact_url(data.remote_url) if data.remote_url else "none",
+        "config.sha256": config_sha256(cfg),
         "backbone": cfg.backbone.name,
         "backbone.weights": cfg.backbone.weights,
         "strategy": cfg.train.strategy,
         "prefect.flow_run_id": flow_run_id,
         **code_state(Path.cwd()),
     }
+
+
+def log_config(run_id: str, cfg: RunConfig, run_dir: Path) -> Path:
+    """Log the full resolved config as the run's ``config.yaml`` artifact (its sha256 is the
+    ``config.sha256`` tag of :func:`run_tags`; ``tlops reproduce`` reads it back)."""
+    from tlops.config import dump_config
+
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    tracking.log_artifacts(run_id, {"": [config_file]})
+    return config_file
 
 
 def record_run(
@@ -330,10 +344,7 @@ def record_run(
     """Log results, artifacts and the model to the run; return the model URI."""
     import keras
 
-    from tlops.config import dump_config
-
-    config_file = run_dir / "config.yaml"
-    config_file.write_text(dump_config(cfg), encoding="utf-8")
+    log_config(run_id, cfg, run_dir)
     tracking.set_tags(
         run_id,
         {
@@ -353,7 +364,7 @@ def record_run(
     tracking.log_artifacts(
         run_id,
         {
-            "": [config_file, Path(trained.result_path)],
+            "": [Path(trained.result_path)],
             "data": [Path(contract_report)],
             **{k: [Path(p) for p in v] for k, v in evaluated.artifacts.items()},
         },

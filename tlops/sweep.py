@@ -23,6 +23,7 @@ from tlops.config import RunConfig, apply_overrides, build_config, parse_overrid
 from tlops.dataversion import default_cache_root
 from tlops.errors import ConfigError, ServiceError, TlopsError
 from tlops.paths import tlops_home
+from tlops.redact import redact_text
 from tlops.steps import EvalSummary, TrainSummary
 from tlops.tracking import tracking_uri
 
@@ -258,6 +259,7 @@ def check_worker_environment(expected: dict[str, str]) -> None:
     wrong = [k for k, v in expected.items() if here.get(k, "") != v]
     if wrong:
         shown = ", ".join(f"{k}={here.get(k, '')!r} (flow: {expected[k]!r})" for k in wrong)
+        shown = redact_text(shown)  # a tracking URI may carry credentials
         raise ConfigError(f"the Dask worker's environment differs from the flow's: {shown}")
 
 

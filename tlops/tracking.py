@@ -17,8 +17,25 @@ from typing import Any
 
 from tlops.dataversion import DataVersion
 from tlops.errors import ServiceError
+from tlops.redact import redact_text, redact_url
 
 BATCH = 100  # MLflow's limit of params per log_batch call
+TAG_LIMIT = 5000  # MLflow's longest tag value (runs and model versions)
+PARAM_LIMIT = 6000  # MLflow's longest param value
+
+
+def tag_value(value: str, limit: int = TAG_LIMIT) -> str:
+    """``value`` as a tag (or param) value of at most ``limit`` characters.
+
+    A longer value is cut and visibly marked: it then starts with ``@cut``, a character no
+    YAML or JSON document may start with, so a cut config or verdict never parses as a
+    different valid one (the full config is the run's ``config.yaml`` artifact).
+    """
+    if len(value) <= limit:
+        return value
+    head = "@cut by tlops: the first {} of " + f"{len(value)} characters\n"
+    kept = limit - len(head.format(limit))
+    return head.format(kept) + value[:kept]
 
 
 def tracking_uri() -> str:
@@ -27,6 +44,12 @@ def tracking_uri() -> str:
     if env:
         return env
     return f"sqlite:///{(Path.cwd() / 'mlflow' / 'mlflow.db').as_posix()}"
+
+
+def shown_tracking_uri() -> str:
+    """:func:`tracking_uri` as it may be shown or stored: credentials redacted (connections
+    use :func:`tracking_uri` itself)."""
+    return redact_url(tracking_uri())
 
 
 def _default_artifacts() -> str | None:
@@ -58,7 +81,8 @@ def service(what: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, RequestException, ConnectionError) as exc:
-        raise ServiceError(f"MLflow ({tracking_uri()}) failed to {what}: {exc}") from None
+        message = f"MLflow ({shown_tracking_uri()}) failed to {what}: {exc}"
+        raise ServiceError(redact_text(message)) from None
 
 
 def start_run(experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
@@ -77,7 +101,7 @@ def start_run(experiment: str, run_name: str, params: dict[str, str], tags: dict
         run_id: str = run.info.run_id
         items = sorted(params.items())
         for i in range(0, len(items), BATCH):
-            chunk = [Param(k, v[:6000]) for k, v in items[i : i + BATCH]]
+            chunk = [Param(k, tag_value(v, PARAM_LIMIT)) for k, v in items[i : i + BATCH]]
             mlflow_client.log_batch(run_id, params=chunk)
         set_tags(run_id, tags, mlflow_client)
     return run_id
@@ -103,7 +127,7 @@ def set_tags(run_id: str, tags: dict[str, str], mlflow_client: Any = None) -> No
         mlflow_client = mlflow_client or client()
         items = sorted(tags.items())
         for i in range(0, len(items), BATCH):
-            chunk = [RunTag(k, str(v)[:5000]) for k, v in items[i : i + BATCH]]
+            chunk = [RunTag(k, tag_value(str(v))) for k, v in items[i : i + BATCH]]
             mlflow_client.log_batch(run_id, tags=chunk)
 
 
@@ -174,6 +198,23 @@ def log_artifacts(run_id: str, files: dict[str, list[Path]]) -> None:
         for folder, paths in files.items():
             for path in paths:
                 mlflow_client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def download_run_file(run_id: str, path: str, dest: Path) -> Path | None:
+    """Download one artifact file of a run into ``dest``; None when the run has no such file."""
+    import posixpath
+
+    import mlflow.artifacts
+
+    folder = posixpath.dirname(path)
+    with service(f"read artifact {path} of run {run_id}"):
+        listed = client().list_artifacts(run_id, folder or None)
+        if not any(f.path == path and not f.is_dir for f in listed):
+            return None
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dest), tracking_uri=tracking_uri()
+        )
+    return Path(local)
 
 
 def epoch_logger(run_id: str, phase: str, offset: int, phase_index: int) -> Any:
