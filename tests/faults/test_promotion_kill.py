@@ -34,26 +34,32 @@ def train_args(repo: Path, name: str, *sets: str) -> list[str]:
 
 
 def kill_at(point: str, args: list[str], env: dict[str, str], ready: Path) -> None:
-    """Start ``tlops`` with a blocking fault point, wait until it blocks there, kill -9 it."""
+    """Start ``tlops`` with a blocking fault point, wait until it blocks there, kill -9 it.
+
+    Its output goes to a file (a pipe nobody reads would fill up and block it elsewhere).
+    """
     env = {**env, registry.FAULT_BLOCK_ENV: point, registry.FAULT_READY_ENV: str(ready)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 900
-    while not ready.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"tlops exited {proc.returncode} before {point}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"tlops never reached {point}")
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
+    log = ready.with_suffix(".log")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args], env=env, stdout=out,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 900
+        while not ready.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"tlops exited {proc.returncode} before {point}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"tlops never reached {point}:\n{log.read_text()}")
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # seven real trains and six status runs
 def test_kill_at_every_promotion_step_then_the_next_run_reconciles(
     repo: Path, tracked: str, prefect_api: str, tmp_path: Path
 ) -> None:
@@ -99,9 +105,7 @@ def test_kill_at_every_promotion_step_then_the_next_run_reconciles(
 
 
 @pytest.mark.slow
-def test_failed_ledger_write_keeps_the_champion(
-    repo: Path, tracked: str, prefect_api: str
-) -> None:
+def test_failed_ledger_write_keeps_the_champion(repo: Path, tracked: str, prefect_api: str) -> None:
     """The defect of item 1: the alias moved, then the ledger write failed (exit 5): the old
     champion holds the alias afterwards, the candidate is aborted, then removed."""
     name = "shapes-ledger-fails"
