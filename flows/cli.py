@@ -44,6 +44,20 @@ DirtyOpt = Annotated[
     bool,
     typer.Option("--allow-dirty", help="accept data that differs from data.dvc (lineage: dirty)"),
 ]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="recompute the md5 of the cached data too (every run checks file sizes and mtimes);"
+        " a cached copy that fails is replaced ($TLOPS_VERIFY_DATA=1 does the same)",
+    ),
+]
+
+
+def _request_verify(verify: bool) -> None:
+    """``--verify``: ask the data resolution (in this process) for a full md5 check."""
+    if verify:
+        os.environ["TLOPS_VERIFY_DATA"] = "1"
 
 
 ModelUriArg = Annotated[
@@ -280,8 +294,10 @@ def validate(
     set_: SetOpt = None,
     data_rev: RevOpt = None,
     allow_dirty: DirtyOpt = False,
+    verify: VerifyOpt = False,
 ) -> None:
     """Resolve the data version, scan it, and run the data contract (exit 3 if it fails)."""
+    _request_verify(verify)
     _run_flow("flows.validate", "validate_flow", config, set_, data_rev, allow_dirty)
 
 
@@ -293,11 +309,13 @@ def train(
     allow_dirty: DirtyOpt = False,
     ci: CiOpt = False,
     report: ReportOpt = None,
+    verify: VerifyOpt = False,
 ) -> None:
     """Validate the data, train (frozen base, then fine-tuning), evaluate, gate, register.
 
     Nothing is retrained when the data, config and code are the champion's (exit 0).
     """
+    _request_verify(verify)
     _run_flow("flows.train", "train_flow", config, set_, data_rev, allow_dirty, ci, report)
 
 

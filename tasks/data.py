@@ -12,7 +12,7 @@ from tlops.dataversion import DataVersion, resolve_data
 @task(name="resolve-data", cache_policy=NO_CACHE)
 def resolve_data_task(config: DataConfig) -> DataVersion:
     """Materialize the dataset of ``config`` at its revision and return its version."""
-    version = resolve_data(config)
+    version = resolve_data(config, note=get_run_logger().warning)
     dirty = " (DIRTY: data differs from its pointer)" if version.dirty else ""
     get_run_logger().info(
         "data %s md5=%s nfiles=%d rev=%s at %s%s",

@@ -65,9 +65,22 @@ class DataConfig(_Section):
     @classmethod
     def _relative_subdir(cls, value: str) -> str:
         """Refuse absolute paths and ``..`` so the subdir stays inside the dataset."""
-        if value.startswith("/") or ".." in Path(value).parts:
+        if not stays_inside(value):
             raise ValueError("must be a relative path inside the dataset, without '..'")
         return value.strip("/")
+
+    @field_validator("dvc_file")
+    @classmethod
+    def _relative_dvc_file(cls, value: str) -> str:
+        """Refuse absolute paths, ``..`` and an empty name so the pointer stays in the repo."""
+        if not stays_inside(value) or not value.strip("/") or value.endswith("/"):
+            raise ValueError("must be a file path relative to data.repo, without '..'")
+        return value
+
+
+def stays_inside(value: str) -> bool:
+    """Whether ``value`` is a relative path without ``..`` (so it stays under its root)."""
+    return not (value.startswith(("/", "\\")) or ".." in Path(value.replace("\\", "/")).parts)
 
 
 class SplitConfig(_Section):

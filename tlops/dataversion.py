@@ -3,28 +3,62 @@
 ``data.dvc`` is read at the requested revision (or from the working tree), the exact version is
 materialized from the DVC cache or the remote into ``<cache>/data/<md5>/`` (written aside and
 renamed, so a half-copied folder is never used), and its md5 is checked against the pointer.
+
+Nothing is trusted by name: the pointer's md5 must be a DVC directory md5 and its paths stay in
+the repository; links in the working tree may not leave the data folder (checked before
+anything is copied); a cache folder is read-only with a verified marker beside it, re-checked
+cheaply (file set, sizes, mtimes) on every run and in full (md5) on request, and replaced when
+it fails. Partial folders of runs that were killed are removed by the next run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import stat
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from tlops.config import DataConfig
-from tlops.errors import ConfigError, DataError, ServiceError
+from tlops.config import DataConfig, stays_inside
+from tlops.errors import ConfigError, ContractFailedError, DataError, ServiceError
 from tlops.redact import redact_text, redact_url
 
 WORKTREE = "workdir"
+
+#: What a DVC directory md5 looks like; nothing else may name a cache folder.
+MD5_DIR = re.compile(r"[0-9a-f]{32}\.dir")
+
+#: Set to 1 (``tlops train/validate --verify``) to recompute the md5 of cached data.
+VERIFY_ENV = "TLOPS_VERIFY_DATA"
+
+#: Name prefix of the folders a version is materialized into before it is renamed in place.
+PARTIAL = ".partial-"
+
+#: The verified marker beside a cache folder: ``<md5>.verified.json``.
+MARKER = ".verified.json"
+
+#: Partial folders without an md5 in their name (older tlops) are abandoned after this long.
+LEGACY_PARTIAL_AGE_S = 3600.0
+
+#: How many offending links a one-line message names.
+NAMED_IN_MESSAGE = 5
+
+#: Where notes about the cache go (e.g. a discarded, modified folder).
+Note = Callable[[str], None]
 
 
 class DataVersion(BaseModel):
@@ -128,9 +162,34 @@ def read_pointer(repo: Path, dvc_file: str, rev: str | None) -> dict[str, Any]:
         outs = (yaml.safe_load(text) or {}).get("outs") or []
     except (yaml.YAMLError, AttributeError):
         raise DataError(f"{where}: not a valid .dvc file") from None
-    if len(outs) != 1 or not str(outs[0].get("md5", "")).endswith(".dir"):
+    if (
+        not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], dict)
+        or not str(outs[0].get("md5", "")).endswith(".dir")
+    ):  # fmt: skip
         raise DataError(f"{where}: expected one tracked directory (outs with an md5 ending .dir)")
-    return dict(outs[0])
+    return _checked_out(dict(outs[0]), where)
+
+
+def _checked_out(out: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``outs`` entry if its md5 is a DVC directory md5 and its path stays in the repo.
+
+    The md5 names the cache folder and the lineage: anything but 32 hex digits and ``.dir``
+    (a path, ``..``) would hand out a folder the pointer does not describe.
+    """
+    md5, path = out.get("md5"), out.get("path")
+    if not isinstance(md5, str) or not MD5_DIR.fullmatch(md5):
+        raise DataError(
+            f"{where}: outs[0].md5 {md5!r} is not a DVC directory md5 (32 hex digits and .dir)"
+        )
+    if not isinstance(path, str) or not path.strip("/") or not stays_inside(path):
+        raise DataError(
+            f"{where}: outs[0].path {path!r} must be a folder relative to the pointer, without '..'"
+        )
+    for field in ("nfiles", "size"):
+        value = out.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DataError(f"{where}: outs[0].{field} {value!r} is not a non-negative integer")
+    return out
 
 
 def remote_url(repo: Path) -> str | None:
@@ -162,8 +221,77 @@ def _worktree_rev(repo: Path, dvc_file: str) -> str:
 
 
 def _copy_tree(source: Path, dest: Path) -> None:
-    """Copy a folder of regular files (symlinks followed, as DVC hashes them)."""
+    """Copy a folder of regular files (symlinks followed, as DVC hashes them).
+
+    Only called after :func:`check_links` has refused links that leave the folder.
+    """
     shutil.copytree(source, dest, symlinks=False, ignore=shutil.ignore_patterns(".dvc"))
+
+
+def _show(text: str) -> str:
+    """``text`` for a one-line message: control characters and undecodable bytes escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _within(path: Path, base: Path) -> bool:
+    """Whether the (resolved) ``path`` is ``base`` or below it."""
+    return path == base or base in path.parents
+
+
+def _link_problem(link: Path, root: Path, allowed: tuple[Path, ...]) -> str | None:
+    """Why following ``link`` would leave ``root`` (and ``allowed``) or never end; None if fine."""
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return "broken link"
+    except (OSError, RuntimeError):  # ELOOP; pathlib raises RuntimeError for loops
+        return "link loop"
+    if target.is_dir() and _within(link.parent.resolve(), target):
+        return "link loop: points to a folder that contains it"
+    if not any(_within(target, base) for base in (root, *allowed)):
+        return "points outside the data folder"
+    return None
+
+
+def check_links(source: Path, allowed: tuple[Path, ...] = ()) -> None:
+    """Refuse symlinks in ``source`` that leave it (or the ``allowed`` folders), dangle or loop.
+
+    Runs before anything is hashed or copied: both follow links, so an outward link would bring
+    a file from outside into the data and the contract, which scans the copy, would never see
+    the link. Links into ``allowed`` (the DVC cache, for ``cache.type: symlink``) are DVC's own.
+    Raises :class:`ContractFailedError` (exit 3) naming the links relative to ``source``.
+    """
+    root = source.resolve()
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(source):  # never descends into a linked folder
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            if path.is_symlink() and (problem := _link_problem(path, root, allowed)):
+                found.append(f"{_show(path.relative_to(source).as_posix())} ({problem})")
+    if found:
+        shown = ", ".join(found[:NAMED_IN_MESSAGE])
+        more = len(found) - NAMED_IN_MESSAGE
+        shown += f" and {more} more" if more > 0 else ""
+        raise ContractFailedError(
+            f"data contract failed: inside_folder (files stay inside the data folder "
+            f"{_show(str(source))}, no outward, broken or looping symlinks): {shown}"
+        )
+
+
+def _dvc_cache_dir(repo: Path) -> Path:
+    """The DVC cache folder of ``repo`` (``cache.dir``, else ``.dvc/cache``), resolved."""
+    from dvc.config import Config
+    from dvc.config import ConfigError as DvcConfigError
+
+    try:
+        configured = Config(dvc_dir=str(repo / ".dvc"))["cache"].get("dir")
+    except DvcConfigError:
+        configured = None
+    if not configured:
+        return (repo / ".dvc" / "cache").resolve()
+    path = Path(str(configured))
+    return (path if path.is_absolute() else repo / ".dvc" / path).resolve()
 
 
 def _fetch_rev(repo: Path, rev: str, data_path: str, dest: Path) -> None:
@@ -181,28 +309,237 @@ def _fetch_rev(repo: Path, rev: str, data_path: str, dest: Path) -> None:
         ) from None
 
 
-def _materialize(cache: Path, md5: str, fill: Any) -> Path:
-    """Return ``cache/data/<md5>``, filling it via ``fill(tmpdir)`` once, atomically."""
-    final = cache / "data" / md5.removesuffix(".dir")
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".partial-") as tmp:
-        staged = Path(tmp) / "data"
-        fill(staged)
-        found, _, _ = dir_md5(staged)
-        if found != md5:
-            raise DataError(f"materialized data has md5 {found}, expected {md5} (corrupt cache?)")
+def _dereference(folder: Path) -> None:
+    """Replace the symlinks of a staged folder by copies of their targets.
+
+    DVC's ``cache.type: symlink`` checks files out as links into the DVC cache; the tlops
+    cache keeps its own bytes so that what was verified cannot change underneath it.
+    """
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            if path.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    rel = _show(path.relative_to(folder).as_posix())
+                    raise DataError(f"materialized data: {rel} is a broken link") from None
+                path.unlink()
+                if target.is_dir():
+                    shutil.copytree(target, path)
+                else:
+                    shutil.copy2(target, path)
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path``; yields False when ``wait`` is off and it is
+    taken. The kernel releases it when the holder dies, even by SIGKILL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _lock_file(cache: Path, hexid: str) -> Path:
+    """The lock held while the cache folder of ``hexid`` is written, checked or replaced."""
+    return cache / "locks" / f"data-{hexid}.lock"
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or folder, read-only cache folders included (write access restored)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    for dirpath, _, _ in os.walk(path):  # top-down: a folder is writable before its children go
+        Path(dirpath).chmod(0o700)
+    shutil.rmtree(path)
+
+
+def _partial_owner(name: str) -> str | None:
+    """The md5 (hex) in a partial folder's name ``.partial-<hex>-<random>``, else None."""
+    rest = name.removeprefix(PARTIAL)
+    hexid, dash = rest[:32], rest[32:33]
+    return hexid if dash == "-" and re.fullmatch(r"[0-9a-f]{32}", hexid) else None
+
+
+def _clean_partials(cache: Path, held: str, note: Note) -> None:
+    """Remove partial folders whose writer is gone (a run killed while materializing).
+
+    The writer of ``.partial-<hex>-*`` holds the lock of ``<hex>`` until it is done, so a lock
+    that can be taken means nobody writes there. Partial folders without an md5 in their name
+    (an older tlops) count as abandoned after :data:`LEGACY_PARTIAL_AGE_S`.
+    """
+    for partial in sorted((cache / "data").glob(f"{PARTIAL}*")):
+        owner = _partial_owner(partial.name)
+        if owner is None:
+            stale = time.time() - partial.lstat().st_mtime > LEGACY_PARTIAL_AGE_S
+        elif owner == held:
+            stale = True
+        else:
+            with _locked(_lock_file(cache, owner), wait=False) as free:
+                if free:
+                    remove_tree(partial)
+                    note(f"data cache: removed {partial.name}, left by an interrupted run")
+            continue
+        if stale:
+            remove_tree(partial)
+            note(f"data cache: removed {partial.name}, left by an interrupted run")
+
+
+def _scan(folder: Path) -> tuple[dict[str, list[int]], list[str]]:
+    """``{relpath: [size, mtime_ns]}`` of the files below ``folder``, and what is not a
+    regular file or folder (symlinks, devices), by relpath."""
+    stamps: dict[str, list[int]] = {}
+    odd: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            info = path.lstat()
+            rel = path.relative_to(folder).as_posix()
+            if stat.S_ISREG(info.st_mode):
+                stamps[rel] = [info.st_size, info.st_mtime_ns]
+            elif not stat.S_ISDIR(info.st_mode):
+                odd.append(rel)
+    return stamps, odd
+
+
+def _seal(folder: Path, marker: Path, md5: str) -> None:
+    """Make ``folder`` read-only and write its verified marker (md5 and file stamps) beside it.
+
+    Called only once the folder's md5 was computed and found equal to ``md5``.
+    """
+    for dirpath, _, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            path = Path(dirpath, name)
+            path.chmod(stat.S_IMODE(path.lstat().st_mode) & ~0o222)
+        Path(dirpath).chmod(stat.S_IMODE(Path(dirpath).lstat().st_mode) & ~0o222)
+    stamps, _ = _scan(folder)
+    staged = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    staged.write_text(json.dumps({"md5": md5, "files": stamps}, sort_keys=True), encoding="utf-8")
+    staged.replace(marker)
+
+
+def _marked_files(marker: Path, md5: str) -> dict[str, Any] | None:
+    """The file stamps of a verified marker written for ``md5``; None when there is none."""
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+        files = recorded["files"] if recorded["md5"] == md5 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if isinstance(files, dict) else None
+
+
+def _cache_problem(folder: Path, marker: Path, md5: str, full: bool) -> str | None:
+    """Why the cached ``folder`` may not be used as ``md5``; None when it checks out.
+
+    Cheap check (every run): the file set, sizes and mtimes against the verified marker. Full
+    check (``full``): the md5 recomputed. A folder without a marker gets the full check.
+    """
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    files = _marked_files(marker, md5)
+    if files is None:
+        found = dir_md5(folder)[0]
+        return None if found == md5 else f"no verified marker, and its md5 is {found}"
+    stamps, odd = _scan(folder)
+    added, gone = sorted(stamps.keys() - files.keys()), sorted(files.keys() - stamps.keys())
+    changed = sorted(k for k in stamps.keys() & files.keys() if stamps[k] != files[k])
+    for what, names in (
+        ("not a regular file", odd), ("file added", added), ("file removed", gone),
+        ("file changed (size or mtime)", changed),
+    ):  # fmt: skip
+        if names:
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+            return f"{what}: {_show(names[0])}{more}"
+    if full and (found := dir_md5(folder)[0]) != md5:
+        return f"its md5 is {found}"
+    return None
+
+
+def _materialize(
+    cache: Path, md5: str, fill: Callable[[Path], None], full: bool, note: Note
+) -> Path:
+    """Return the verified, read-only ``cache/data/<md5>``, filling it via ``fill`` if needed.
+
+    Under the md5's lock: stale partial folders are removed; a cached folder is checked (see
+    :func:`_cache_problem`) and, when it fails, discarded (said through ``note``) and
+    materialized again; a new one is filled aside, md5-checked, renamed into place and sealed.
+    """
+    hexid = md5.removesuffix(".dir")
+    if not re.fullmatch(r"[0-9a-f]{32}", hexid):  # read_pointer refuses these; never a path
+        raise DataError(f"{md5!r} is not a DVC directory md5")
+    data = cache / "data"
+    final, marker = data / hexid, data / f"{hexid}{MARKER}"
+    data.mkdir(parents=True, exist_ok=True)
+    with _locked(_lock_file(cache, hexid)):
+        _clean_partials(cache, hexid, note)
+        if final.exists() or final.is_symlink():
+            problem = _cache_problem(final, marker, md5, full)
+            if problem is None:
+                if _marked_files(marker, md5) is None:
+                    _seal(final, marker, md5)  # verified in full just now (no marker yet)
+                return final
+            note(f"data cache {_show(str(final))}: {problem}; discarded, materializing it again")
+            marker.unlink(missing_ok=True)
+            remove_tree(final)
+        staging = Path(tempfile.mkdtemp(dir=data, prefix=f"{PARTIAL}{hexid}-"))
+        try:
+            staged = staging / "data"
+            fill(staged)
+            _fault_block("data_fill")
+            _dereference(staged)
+            found, _, _ = dir_md5(staged)
+            if found != md5:
+                raise DataError(
+                    f"materialized data has md5 {found}, expected {md5} (corrupt cache?)"
+                )
             staged.rename(final)
-        except OSError:
-            if not final.is_dir():  # lost a race to a concurrent run: theirs is as good
-                raise
+        finally:
+            remove_tree(staging)
+        _seal(final, marker, md5)
     return final
 
 
-def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVersion:
-    """Resolve ``config`` into a materialized, md5-checked :class:`DataVersion`."""
+def _fault_block(point: str) -> None:
+    """Test hook of the fault tests (as in :mod:`tlops.registry`): ``$TLOPS_FAULT_BLOCK`` naming
+    ``point`` writes this pid to ``$TLOPS_FAULT_READY`` and blocks, for the test to kill it."""
+    if os.environ.get("TLOPS_FAULT_BLOCK") != point:
+        return
+    if ready := os.environ.get("TLOPS_FAULT_READY"):
+        Path(ready).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    while True:
+        time.sleep(60)
+
+
+def verify_requested() -> bool:
+    """Whether a full md5 check of cached data was asked for (``$TLOPS_VERIFY_DATA``)."""
+    return os.environ.get(VERIFY_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def resolve_data(
+    config: DataConfig,
+    cache_root: Path | None = None,
+    verify: bool | None = None,
+    note: Note | None = None,
+) -> DataVersion:
+    """Resolve ``config`` into a materialized, md5-checked :class:`DataVersion`.
+
+    ``verify``: recompute the md5 of an already cached folder too (default:
+    :func:`verify_requested`); ``note``: where cache repairs are reported (default: a warning
+    on this module's logger).
+    """
+    full = verify_requested() if verify is None else verify
+    tell = note or logging.getLogger(__name__).warning
     repo = config.repo.resolve()
     if not (repo / ".dvc").is_dir():
         raise DataError(f"{repo}: not a DVC repository (no .dvc folder); run `dvc init`")
@@ -216,6 +553,12 @@ def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVers
         source = repo / data_path
         if not source.is_dir():
             raise DataError(f"{source}: data folder missing; run `dvc pull` (or `tlops sample`)")
+        if not _within(source.resolve(), repo):
+            raise ContractFailedError(
+                f"data contract failed: inside_folder: {_show(data_path)} is a symlink to "
+                f"{_show(str(source.resolve()))}, outside the repository {_show(str(repo))}"
+            )
+        check_links(source, (_dvc_cache_dir(repo),))
         found, found_files, found_size = dir_md5(source)
         if found != md5:
             if not config.allow_dirty:
@@ -225,9 +568,10 @@ def resolve_data(config: DataConfig, cache_root: Path | None = None) -> DataVers
                     "or set data.allow_dirty=true"
                 )
             md5, nfiles, size, dirty = found, found_files, found_size, True
-        path = _materialize(cache, md5, lambda dest: _copy_tree(source, dest))
+        path = _materialize(cache, md5, lambda dest: _copy_tree(source, dest), full, tell)
     else:
-        path = _materialize(cache, md5, lambda dest: _fetch_rev(repo, rev, data_path, dest))
+        fetch = lambda dest: _fetch_rev(repo, rev, data_path, dest)  # noqa: E731
+        path = _materialize(cache, md5, fetch, full, tell)
     version = DataVersion(
         path=str(path),
         md5=md5,
