@@ -262,6 +262,23 @@ def _champion_rules(
     return out
 
 
+#: The code part of a fingerprint (``<inputs>.<code>``) whose source hash is unknown.
+UNKNOWN_CODE = "unknown"
+
+
+def same_as_champion(candidate: str, champion: str) -> bool:
+    """Whether fingerprints (``<inputs>.<code>``, :func:`tlops.promotion.change_fingerprint`)
+    make the candidate a copy of the champion: equal, or the same data and config while the
+    code state of either is unknown (a tie that cannot be told apart is never promoted).
+    '' (no fingerprint) is never a copy."""
+    if not candidate or not champion:
+        return False
+    inputs, _, code = candidate.partition(".")
+    champion_inputs, _, champion_code = champion.partition(".")
+    unknown = UNKNOWN_CODE in (code, champion_code)
+    return candidate == champion or (unknown and inputs == champion_inputs)
+
+
 def decide(gate: GateConfig, candidate: Evidence, champion: Evidence | None) -> Verdict:
     """The verdict on ``candidate`` against ``champion`` (None: no champion yet).
 
@@ -277,7 +294,7 @@ def decide(gate: GateConfig, candidate: Evidence, champion: Evidence | None) -> 
             decision="no_rules", results=[], champion_version=version,
             reason="no gate rules configured: nothing is promoted",
         )  # fmt: skip
-    if champion and candidate.fingerprint and candidate.fingerprint == champion.fingerprint:
+    if champion and same_as_champion(candidate.fingerprint, champion.fingerprint):
         same = RuleResult(
             rule="same data, config and code as champion", kind="identity", threshold="differ",
             observed=f"fingerprint {candidate.fingerprint[:12]}", passed=False,

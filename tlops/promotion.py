@@ -36,7 +36,7 @@ from tlops import registry
 from tlops.config import RunConfig, config_sha256, dump_config
 from tlops.dataversion import DataVersion
 from tlops.errors import ConfigError, ServiceError, TlopsError
-from tlops.gate import Evidence, Verdict, decide
+from tlops.gate import UNKNOWN_CODE, Evidence, Verdict, decide
 from tlops.inputs import load_images, read_split
 from tlops.reconcile import reconcile_locked
 from tlops.validation import ManifestInfo
@@ -46,7 +46,7 @@ CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest"),
     "backbone": ("backbone", "backbone.weights", "backbone.weights_kind",
                  "backbone.weights_sha256", "backbone.model_version", "backbone.lineage"),
-    "code": ("git.commit", "git.dirty", "git.diff_sha256", "lock.sha256"),
+    "code": ("git.commit", "git.dirty", "git.diff_sha256", "lock.sha256", "code.sha256"),
     "environment": ("device", "backend", "precision", "strategy", "version.tensorflow",
                     "version.keras", "version.cuda", "version.jax", "prefect.flow_run_id"),
     "results": ("kept_phase", "metric.test_accuracy", "metric.test_macro_f1",
@@ -79,20 +79,22 @@ class PromotionResult(BaseModel):
 
 
 def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> str:
-    """Identity of what a retrain depends on: config (without ``evaluate``), data md5, code
-    (git commit and uncommitted diff) and the lock file.
+    """Identity of what a retrain depends on, as ``<inputs>.<code>``: inputs = the config
+    (without ``evaluate``) and the data md5; code = the sha256 of the project's source files
+    (``code.sha256``, known without git) and the lock file.
 
     It is known before anything is trained, so a scheduled run can skip a retrain whose
-    fingerprint is the champion's. '' when the code state is unknown (no git): such a run is
-    never "unchanged".
+    fingerprint is the champion's. When the source hash is unknown the code part is
+    ``unknown``: such a run is never "unchanged", and the gate never promotes it over a
+    champion with the same inputs (:func:`tlops.gate.same_as_champion`).
     """
-    keys = ("git.commit", "git.diff_sha256", "lock.sha256")
-    state = [code.get(k, "unknown") for k in keys]
-    if "unknown" in state:
-        return ""
     parts = cfg.model_dump(mode="json", exclude={"evaluate"})
-    blob = json.dumps([parts, data_md5, *state], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    blob = json.dumps([parts, data_md5], sort_keys=True, default=str)
+    inputs = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    state = [code.get(k, UNKNOWN_CODE) for k in ("code.sha256", "lock.sha256")]
+    if UNKNOWN_CODE in state:
+        return f"{inputs}.{UNKNOWN_CODE}"
+    return f"{inputs}.{hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]}"
 
 
 def unchanged_champion(cfg: RunConfig, data_md5: str, project: Path) -> registry.VersionInfo | None:
@@ -100,7 +102,7 @@ def unchanged_champion(cfg: RunConfig, data_md5: str, project: Path) -> registry
     from tlops.lineage import code_state
 
     fingerprint = change_fingerprint(cfg, data_md5, code_state(project))
-    if not fingerprint:
+    if fingerprint.endswith(f".{UNKNOWN_CODE}"):  # unknown code: never "nothing changed"
         return None
     champion = registry.version_by_alias(cfg.model_name, cfg.registry.champion_alias)
     if champion and champion.tags.get("tlops.fingerprint") == fingerprint:
