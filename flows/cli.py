@@ -20,6 +20,7 @@ import typer
 
 from tlops.config import RunConfig, load_config
 from tlops.errors import ConfigError, ServiceError, TlopsError
+from tlops.policy import PolicyOrigin, policy_origin, refuse_policy_overrides
 from tlops.redact import redact_text
 
 app = typer.Typer(
@@ -254,22 +255,41 @@ def _write_report(text: str, ci: bool, report: Path | None) -> None:
         typer.echo(f"report: {target}")
 
 
+def _note_override(policy: PolicyOrigin) -> None:
+    """Say on stderr that ``--set`` replaced policy keys (the run records it too)."""
+    if policy.overrides:
+        typer.secho(
+            f"note: --set {', '.join(policy.overrides)} overrides the promotion policy of"
+            f" {policy.file}; recorded on the run and any version as policy.source=override",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
+
+
 def _run_flow(
     flow_module: str, flow_name: str, config: Path, overrides: list[str] | None,
     data_rev: str | None, allow_dirty: bool, ci: bool = False, report: Path | None = None,
+    fixed: tuple[str, ...] = (),
 ) -> None:  # fmt: skip
     """Load the config, run a flow (imported only now: Prefect is slow to import), summarize.
 
-    In CI mode the train flow's run is tagged ``tlops.trigger=ci`` and the full report is
-    written even when the run fails (then it names the failure and the exit code).
+    In CI mode the train flow's run is tagged ``tlops.trigger=ci``, an override of the
+    promotion policy is refused (exit 2, see :mod:`tlops.policy`), and the full report is
+    written even when the run fails (then it names the failure and the exit code). ``fixed``
+    are the command's own overrides (``pretrain``'s ``registry.kind``), not the caller's.
     """
     ci = ci_mode(ci)
 
     def body() -> None:
-        cfg = _load(config, overrides, data_rev, allow_dirty)
+        cfg = _load(config, [*(overrides or []), *fixed], data_rev, allow_dirty)
+        if ci and flow_name == "train_flow":
+            refuse_policy_overrides(overrides or [], cfg, "a CI run")
         run_flow = _flow(flow_module, flow_name)
-        trigger = {"trigger": "ci" if ci else "manual"} if flow_name == "train_flow" else {}
-        outcome = run_flow(cfg, **trigger)
+        extra: dict[str, Any] = {}
+        if flow_name == "train_flow":  # the trigger and the policy's origin become run tags
+            policy = policy_origin(config, overrides or [], cfg)
+            _note_override(policy)
+            extra = {"trigger": "ci" if ci else "manual", "policy": policy}
+        outcome = run_flow(cfg, **extra)
         if ci or report:
             typer.echo(outcome.summary())
             _write_report(_report_text(outcome), ci, report)
@@ -330,8 +350,10 @@ def pretrain(
 ) -> None:
     """Train on a source dataset and register the backbone (not the classifier) if the gate
     passes; a train config then names it as ``backbone.weights: models:/NAME@champion``."""
-    overrides = [*(set_ or []), "registry.kind=backbone"]
-    _run_flow("flows.train", "train_flow", config, overrides, data_rev, allow_dirty, ci, report)
+    _run_flow(
+        "flows.train", "train_flow", config, set_, data_rev, allow_dirty, ci, report,
+        fixed=("registry.kind=backbone",),
+    )  # fmt: skip
 
 
 @app.command()
@@ -372,10 +394,14 @@ def sweep(
         cfg = _load(config, set_, data_rev, allow_dirty)
         spec = parse_grid(grid)
         expand_grid(cfg, spec)  # every grid point is validated before anything starts
+        if ci_mode(False):  # (a grid cannot vary the policy: tlops.sweep.FIXED_KEYS)
+            refuse_policy_overrides(set_ or [], cfg, "a CI run")
+        policy = policy_origin(config, set_ or [], cfg)
+        _note_override(policy)
         run_sweep = importlib.import_module("flows.sweep").run_sweep
         if os.environ.get("TLOPS_PRELOAD", "1") != "0" and not address:  # remote: a real API
             _start_prefect_api((*PRELOAD["validate_flow"], "mlflow"))
-        outcome = run_sweep(cfg, spec, workers or 2, address)
+        outcome = run_sweep(cfg, spec, workers or 2, address, policy)
         _publish_summary(outcome.summary())
         if outcome.exit_code:
             raise typer.Exit(outcome.exit_code)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tlops.config import load_config
 from tlops.errors import ConfigError, ServiceError
+from tlops.policy import refuse_policy_overrides
 
 MODEL_TAG = "tlops-model:"
 
@@ -60,13 +61,15 @@ def deploy_retrain(
 ) -> str:
     """Create or update the deployment ``tlops-retrain/NAME``; return its id.
 
-    1. load the config (a bad one exits 2 before anything is created);
+    1. load the config (a bad one, or an override of the gate / registry policy, which
+       the deployment's runs would refuse, exits 2 before anything is created);
     2. make sure the work pool exists (a local process pool is created if missing);
     3. deploy the retrain flow by its module path (``flows.retrain``, importable wherever
        tlops is installed) with the project folder as the run's working directory and the
        config path as its parameter, tagged with the model's name for ``tlops status``.
     """
     cfg = load_config(config, overrides)  # before Prefect is imported: a bad config fails fast
+    refuse_policy_overrides(overrides, cfg, "a deployment")
     relative = _inside(project, config)
     if cron is not None:
         _check_cron(cron)

@@ -8,14 +8,12 @@ since the champion.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.train import TrainOutcome, Unchanged, train_flow
-from tlops.config import load_config
 from tlops.errors import GateRejectedError
+from tlops.policy import load_deployed_config
 
 #: Prefect's scheduler tags the flow runs it creates with this.
 AUTO_SCHEDULED = "auto-scheduled"
@@ -34,11 +32,15 @@ def retrain_flow(
 ) -> TrainOutcome | Unchanged:
     """Load ``config_path`` (plus ``--set``-style ``overrides``) and run the train flow.
 
-    A rejected candidate or failed stage fails this flow run, so the Prefect UI and its
-    notifications show it; "nothing changed" and a promotion complete it.
+    Anyone who can reach the Prefect API can set these parameters, so ``overrides`` may not
+    touch the gate / registry policy and ``config_path`` must stay in the project: either
+    fails the flow run with a :class:`~tlops.errors.ConfigError` naming the key, before
+    anything runs (:func:`tlops.policy.load_deployed_config`). A rejected candidate or failed
+    stage fails this flow run, so the Prefect UI and its notifications show it; "nothing
+    changed" and a promotion complete it.
     """
-    config = load_config(Path(config_path), list(overrides or []))
-    outcome = train_flow(config, trigger=run_trigger(trigger))
+    config, policy = load_deployed_config(config_path, list(overrides or []))
+    outcome = train_flow(config, trigger=run_trigger(trigger), policy=policy)
     if isinstance(outcome, TrainOutcome) and outcome.exit_code:
         raise GateRejectedError(f"{config.model_name}: {outcome.promotion.line()}")
     return outcome

@@ -25,6 +25,7 @@ from tlops.config import RunConfig
 from tlops.errors import ConfigError
 from tlops.gate import Verdict
 from tlops.paths import run_dir
+from tlops.policy import PolicyOrigin
 from tlops.promotion import PromotionResult
 from tlops.sweep import (
     Grid,
@@ -116,7 +117,9 @@ def _run_trials(
 
 
 @flow(name="tlops-sweep")
-def sweep_flow(config: RunConfig, grid: Grid, cluster: str = "local") -> SweepOutcome:
+def sweep_flow(
+    config: RunConfig, grid: Grid, cluster: str = "local", policy: PolicyOrigin | None = None
+) -> SweepOutcome:
     """Train every grid point of ``config`` as a trial, in parallel; gate and register the best.
 
     1. expand the grid (every point validated) and validate the data once (subflow);
@@ -125,7 +128,8 @@ def sweep_flow(config: RunConfig, grid: Grid, cluster: str = "local") -> SweepOu
     4. choose the best trial on validation, gate and register it alone, finish the parent.
 
     A failed trial fails the sweep once the others have ended: no gate on part of a grid.
-    ``cluster`` only says where the trials ran (a parent run tag).
+    ``cluster`` only says where the trials ran (a parent run tag); ``policy`` is where the
+    gate / registry policy came from (tagged on every trial's run, see :mod:`tlops.policy`).
     """
     flow_run_id = str(flow_run.get_id() or "local")
     trials = expand_grid(config, grid)
@@ -133,7 +137,10 @@ def sweep_flow(config: RunConfig, grid: Grid, cluster: str = "local") -> SweepOu
     data, manifest = validation.data, validation.manifest
     parent_id = start_sweep_task(config, grid, data, manifest, flow_run_id, cluster)
     try:
-        run_ids = [start_tracking_task(t.config, data, manifest, flow_run_id) for t in trials]
+        run_ids = [
+            start_tracking_task(t.config, data, manifest, flow_run_id, policy=policy)
+            for t in trials
+        ]
         for trial, run_id in zip(trials, run_ids, strict=True):
             nest_trial_task(run_id, parent_id, trial)
         results = _run_trials(trials, run_ids, validation, flow_run_id)
@@ -202,8 +209,9 @@ def quiet_dask() -> Iterator[None]:
 
 
 def run_sweep(
-    config: RunConfig, grid: Grid, workers: int = 2, address: str | None = None
-) -> SweepOutcome:
+    config: RunConfig, grid: Grid, workers: int = 2, address: str | None = None,
+    policy: PolicyOrigin | None = None,
+) -> SweepOutcome:  # fmt: skip
     """Run :func:`sweep_flow` on a Dask task runner: a temporary local cluster of ``workers``
     single-threaded processes, or the scheduler at ``address`` (whose workers must share this
     machine's MLflow store and tlops folders, e.g. on shared storage)."""
@@ -217,5 +225,5 @@ def run_sweep(
             cluster = f"local Dask, {workers} workers"
         # prefect-dask subclasses TaskRunner without naming its future type (mypy sees the default)
         on_dask = sweep_flow.with_options(task_runner=runner)  # type: ignore[arg-type]
-        outcome: SweepOutcome = on_dask(config, grid, cluster)
+        outcome: SweepOutcome = on_dask(config, grid, cluster, policy)
     return outcome

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tlops import tracking
 from tlops.config import RunConfig
 from tlops.dataversion import DataVersion
+from tlops.policy import PolicyOrigin
 from tlops.steps import (
     EvalSummary,
     TrainSummary,
@@ -24,15 +25,16 @@ from tlops.validation import ManifestInfo
 @task(name="start-tracking", cache_policy=NO_CACHE)
 def start_tracking_task(
     config: RunConfig, data: DataVersion, manifest: ManifestInfo, flow_run_id: str,
-    trigger: str = "manual",
+    trigger: str = "manual", policy: PolicyOrigin | None = None,
 ) -> str:  # fmt: skip
     """Open the MLflow run: params (the whole config), tags, the dataset input.
 
     The run is named ``<model>-<backbone>-<data md5[:8]>`` in the experiment of the config's
-    name and tagged ``tlops.trigger`` (schedule, ci or manual) for filtering in the UI.
+    name and tagged ``tlops.trigger`` (schedule, ci or manual) for filtering in the UI, and
+    with the policy's hash and origin (``policy.*``, carried on to a registered version).
     """
     run_name = f"{config.model_name}-{config.backbone.name}-{data.md5[:8]}"
-    tags = {**run_tags(config, data, flow_run_id), "tlops.trigger": trigger}
+    tags = {**run_tags(config, data, flow_run_id, policy), "tlops.trigger": trigger}
     run_id = tracking.start_run(config.name, run_name, config.flat(), tags)
     tracking.log_dataset(run_id, data, manifest.digest, context="train")
     where = tracking.shown_tracking_uri()

@@ -75,3 +75,12 @@ def code_state(project: Path) -> dict[str, str]:
         "lock.sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else "none",
         "code.sha256": source_sha256(),
     }
+
+
+def committed_unmodified(path: Path) -> bool:
+    """Whether ``path`` is tracked by git and identical to its committed version (neither
+    staged nor unstaged changes); False outside a repository or without git."""
+    folder, name = path.resolve().parent, path.resolve().name
+    if _git(folder, "ls-files", "--error-unmatch", "--", name) is None:
+        return False
+    return _git(folder, "status", "--porcelain", "--", name) == ""

@@ -52,6 +52,7 @@ CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "results": ("kept_phase", "metric.test_accuracy", "metric.test_macro_f1",
                 "metric.latency_ms_batch1", "metric.model_size_mb"),
     "gate": ("gate.decision", "gate.reason", "gate.champion_compared"),
+    "policy": ("policy.source", "policy.overrides", "policy.file", "policy.sha256"),
 }  # fmt: skip
 
 

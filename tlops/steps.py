@@ -23,6 +23,7 @@ from tlops.dataversion import DataVersion, default_cache_root
 from tlops.errors import ConfigError, DataError
 from tlops.inputs import SplitData, load_images, read_split
 from tlops.paths import tlops_home
+from tlops.policy import PolicyOrigin, policy_tags
 from tlops.validation import ManifestInfo
 
 
@@ -301,8 +302,11 @@ def _align(test: SplitData, classes: list[str]) -> SplitData:
     return SplitData(test.paths, labels, classes, test.relpaths)
 
 
-def run_tags(cfg: RunConfig, data: DataVersion, flow_run_id: str) -> dict[str, str]:
-    """Tags known before training: data, backbone, code and the Prefect flow run."""
+def run_tags(
+    cfg: RunConfig, data: DataVersion, flow_run_id: str, policy: PolicyOrigin | None = None
+) -> dict[str, str]:
+    """Tags known before training: data, backbone, code, the Prefect flow run, and the
+    promotion policy's hash and origin (:func:`tlops.policy.policy_tags`; None: unknown)."""
     from tlops.config import config_sha256
     from tlops.lineage import code_state
     from tlops.redact import redact_url
@@ -319,6 +323,7 @@ def run_tags(cfg: RunConfig, data: DataVersion, flow_run_id: str) -> dict[str, s
         "strategy": cfg.train.strategy,
         "prefect.flow_run_id": flow_run_id,
         **code_state(Path.cwd()),
+        **policy_tags(cfg, policy),
     }
 
 

@@ -8,7 +8,6 @@ registered in the real ``mlflow server``. The second run finds nothing changed.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -61,13 +60,14 @@ def test_deployed_retrain_runs_on_a_worker_and_then_finds_nothing_changed(
 ) -> None:
     from mlflow import MlflowClient
 
-    # the config lives in the project (the deployment keeps its path, not its values)
+    # the config lives in the project (the deployment keeps its path, not its values), with
+    # its promotion policy: a deployment may not --set name / gate / registry
     (repo / "configs").mkdir()
-    shutil.copy(SMOKE, repo / "configs" / "shapes.yaml")
+    policy = f"\nname: {NAME}\ngate:\n  values: [{{metric: test_accuracy, min: 0.0}}]\n"
+    (repo / "configs" / "shapes.yaml").write_text(Path(SMOKE).read_text() + policy)
     run(["git", "add", "configs"], repo)
     run(["git", "commit", "-qm", "config"], repo)
-    sets = [f"name={NAME}", "gate.values=[{metric: test_accuracy, min: 0.0}]",
-            *TINY[1::2]]  # fmt: skip
+    sets = list(TINY[1::2])
     args = ["deploy", "configs/shapes.yaml", "--name", NAME, "--cron", "0 3 * * *",
             "--pool", POOL, *(x for s in sets for x in ("--set", s))]  # fmt: skip
     cwd = Path.cwd()
@@ -95,6 +95,10 @@ def test_deployed_retrain_runs_on_a_worker_and_then_finds_nothing_changed(
     assert trained.info.run_id == champion.run_id
     assert trained.data.tags["tlops.trigger"] == "manual"  # by hand through the API
     assert trained.info.run_name.startswith(f"{NAME}-tiny_cnn-")
+    # the version records that its policy is the committed file's
+    assert champion.tags["policy.source"] == "committed"
+    assert champion.tags["policy.file"] == "configs/shapes.yaml"
+    assert champion.tags["policy.overrides"] == "none"
 
     # 2. again with nothing changed: no retraining, no new run or version, completed
     second, second_s = run_deployment(prefect_api, tracked)

@@ -39,11 +39,27 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     assert "skipped (no champion yet)" in done.stdout
     v1 = client.get_model_version_by_alias(name, "champion")
     assert v1.version == "1"
+    # the version carries the policy it passed, and that --set overrode it (local CLI: allowed)
+    from tlops.config import load_config
+    from tlops.policy import policy_sha256
+
+    passed = load_config(Path(SMOKE), [f"name={name}", FIRST, ANY_CHANGE])
+    assert v1.tags["policy.sha256"] == policy_sha256(passed)
+    assert v1.tags["policy.source"] == "override"
+    assert v1.tags["policy.overrides"] == "name,gate.values,gate.changes"
+    assert "overrides the promotion policy" in done.stderr
 
     # 2. a candidate that must beat the champion by 2.0 accuracy: rejected, exit 4, rule named;
-    # in CI mode the report goes to $GITHUB_STEP_SUMMARY
+    # in CI mode the report goes to $GITHUB_STEP_SUMMARY; CI may not --set the policy (name,
+    # gate), so it comes from a config file (not committed: recorded as such)
     summary = tmp_path / "step_summary.md"
-    args = [*train_args(repo, name, IMPOSSIBLE, "train.seed=1"), "--ci"]
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        Path(SMOKE).read_text()
+        + f"\nname: {name}\ngate:\n  changes: {IMPOSSIBLE.partition('=')[2]}\n"
+    )
+    args = ["train", str(strict), "--set", f"data.repo={repo}", *TINY, "--set", "train.seed=1",
+            "--ci"]  # fmt: skip
     done = tlops_cli(args, prefect_api, GITHUB_STEP_SUMMARY=str(summary))
     assert done.returncode == 4, done.stdout + done.stderr
     report = summary.read_text()
@@ -59,6 +75,8 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
         [client.get_experiment_by_name(name).experiment_id], "tags.`gate.decision` = 'reject'"
     )
     assert len(rejected) == 1 and rejected[0].data.tags["gate.champion_compared"] == "1"
+    assert rejected[0].data.tags["policy.source"] == "uncommitted-file"
+    assert rejected[0].data.tags["policy.file"] == str(strict)
     verdict = json.loads(
         Path(
             client.download_artifacts(rejected[0].info.run_id, "gate/gate_verdict.json")

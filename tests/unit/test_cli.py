@@ -100,3 +100,31 @@ def test_ci_mode_and_where_the_report_goes(tmp_path: Path, monkeypatch: pytest.M
     _write_report("# second", ci=True, report=tmp_path / "out.md")
     assert summary.read_text() == "earlier step\n# second\n"
     assert (tmp_path / "out.md").read_text() == "# second\n"
+
+
+POLICY_CASES = [
+    # a CI run (--ci, or $CI) and a deployment may not override the promotion policy
+    (["train", SMOKE, "--ci", "--set", "train.seed=1", "--set", "gate.values=[]"], "gate.values"),
+    (["pretrain", SMOKE, "--set", "registry.champion_alias=prod"], "registry.champion_alias"),
+    (["train", SMOKE, "--set", "name=prod"], "name"),  # smoke.yaml: name picks the model
+    (
+        ["sweep", SMOKE, "--grid", "train.seed=1,2", "--set", "gate.mcnemar_p=0.01"],
+        "gate.mcnemar_p",
+    ),
+    (["deploy", SMOKE, "--name", "x", "--set", "gate.changes=[]"], "gate.changes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "key"), POLICY_CASES, ids=[" ".join(c[0][:1] + c[0][2:]) for c in POLICY_CASES]
+)
+def test_ci_and_deployments_may_not_override_the_policy(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], key: str
+) -> None:
+    if "--ci" not in args and args[0] != "deploy":
+        monkeypatch.setenv("CI", "true")
+    done = cli.invoke(app, args)
+    assert done.exit_code == 2, done.output
+    assert f"error: --set {key}: a " in done.output and "may not override" in done.output
+    if args[0] in {"train", "pretrain"}:  # CI mode still writes its report
+        assert "failed (exit 2)" in (tmp_path / "tlops-report.md").read_text()
