@@ -27,6 +27,9 @@ CONVERTIBLE_MODES: frozenset[str] = frozenset(
      "HSV", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 )  # fmt: skip
 
+#: Pillow's default ``Image.MAX_IMAGE_PIXELS``: the contract's largest allowed ``max_pixels``.
+PILLOW_MAX_PIXELS = 89_478_485
+
 
 def _default_formats() -> list[ImageFormat]:
     """PNG and JPEG."""
@@ -118,6 +121,14 @@ class ContractConfig(_Section):
     )
     max_imbalance: float = Field(
         10.0, ge=1.0, description="largest / smallest class count allowed within a split"
+    )
+    max_pixels: int = Field(
+        PILLOW_MAX_PIXELS, ge=1, le=PILLOW_MAX_PIXELS,
+        description="largest image (width x height) read; larger ones are never decoded "
+        "(at most Pillow's own decompression-bomb limit)",
+    )  # fmt: skip
+    max_bytes: int = Field(
+        64 << 20, ge=1, description="largest file (bytes) read; larger ones are never opened"
     )
 
     @field_validator("allowed_channels")

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from tlops.config import CONVERTIBLE_MODES, SPLITS, ContractConfig
+from tlops.evaluation import metric_key
+from tlops.safetext import md_cell, md_code, one_line
 
 #: How many offending files a one-line message names before "and N more".
 NAMED_IN_MESSAGE = 5
@@ -54,7 +59,7 @@ class ContractResult:
             more = len(rule.offenders) - NAMED_IN_MESSAGE
             shown += f" and {more} more" if more > 0 else ""
             parts.append(f"{rule.rule} ({rule.description}): {shown or rule.observed}")
-        return "data contract failed: " + "; ".join(parts)
+        return one_line("data contract failed: " + "; ".join(parts))
 
     def to_json(self) -> str:
         """Verdict and GX results as JSON."""
@@ -84,6 +89,58 @@ def add_leakage_column(manifest: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def add_limit_columns(manifest: pd.DataFrame, config: ContractConfig) -> pd.DataFrame:
+    """Add ``pixels`` (width x height) and make every file the contract can see no other reason
+    for, and that was never decoded, undecodable (so it fails ``decodable``: never open).
+
+    A file left undecoded by the scan is named by its own rule (``inside_folder``,
+    ``file_name``, ``max_bytes``, ``max_pixels``) when that rule applies under ``config``; a
+    manifest scanned with looser limits than ``config`` still fails, under ``decodable``.
+    """
+    out = manifest.copy()
+    if "name_ok" not in out:
+        out["name_ok"] = True
+    out["pixels"] = (out["width"].astype("Int64") * out["height"].astype("Int64")).astype("Int64")
+    named_elsewhere = (
+        (out["inside_root"] == False)  # noqa: E712
+        | (out["name_ok"] == False)  # noqa: E712
+        | (out["bytes"].astype("Int64") > config.max_bytes).fillna(False)
+        | (out["pixels"] > config.max_pixels).fillna(False)
+    )
+    never_decoded = out["decodable"].isna() & ~named_elsewhere.astype(bool)
+    out["decodable"] = out["decodable"].astype(object)
+    out.loc[never_decoded, "decodable"] = False
+    return out
+
+
+def colliding_classes(classes: Iterable[str]) -> dict[str, list[str]]:
+    """Class names that another one collides with -> the names it collides with.
+
+    Two names collide when their metric keys (:func:`tlops.evaluation.metric_key`) are equal,
+    when they are equal after Unicode normalization (NFKC) and case folding (``Cat``/``cat``,
+    ``café`` composed / decomposed), or when the metric keys of those folded forms are.
+    """
+    groups: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+    for name in set(classes):
+        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+        groups["key", metric_key(name)].add(name)
+        groups["folded", folded].add(name)
+        groups["folded key", metric_key(folded)].add(name)
+    partners: defaultdict[str, set[str]] = defaultdict(set)
+    for names in groups.values():
+        for name in names:
+            partners[name] |= names - {name}
+    return {name: sorted(others) for name, others in sorted(partners.items()) if others}
+
+
+def add_distinct_name_column(counts: pd.DataFrame) -> pd.DataFrame:
+    """Add ``distinct_name``: false for a class whose name collides with another's."""
+    out = counts.copy()
+    colliding = colliding_classes(out["label"].unique().tolist())
+    out["distinct_name"] = ~out["label"].isin(list(colliding))
+    return out
+
+
 def add_required_column(counts: pd.DataFrame, config: ContractConfig) -> pd.DataFrame:
     """Add ``required``: the configured minimum images per class for each row's split."""
     out = counts.copy()
@@ -97,8 +154,14 @@ def _manifest_rules(config: ContractConfig) -> list[tuple[str, str, Any]]:
 
     modes = config.allowed_modes if config.mode_policy == "reject" else sorted(CONVERTIBLE_MODES)
     rules: list[tuple[str, str, Any]] = [
+        ("file_name", "file and folder names are UTF-8 without control characters",
+         gxe.ExpectColumnValuesToBeInSet(column="name_ok", value_set=[True])),
         ("inside_folder", "files stay inside the data folder (no outward symlinks)",
          gxe.ExpectColumnValuesToBeInSet(column="inside_root", value_set=[True])),
+        ("max_bytes", f"files of at most {config.max_bytes} bytes",
+         gxe.ExpectColumnValuesToBeBetween(column="bytes", max_value=config.max_bytes)),
+        ("max_pixels", f"images of at most {config.max_pixels} pixels",
+         gxe.ExpectColumnValuesToBeBetween(column="pixels", max_value=config.max_pixels)),
         ("decodable", "every file decodes as an image",
          gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True])),
         ("format", f"format in {list(config.formats)}",
@@ -134,6 +197,9 @@ def _count_rules(config: ContractConfig) -> list[tuple[str, str, Any]]:
 
     ratio = config.max_imbalance
     rules: list[tuple[str, str, Any]] = [
+        ("class_names", "class names stay distinct after sanitizing, Unicode normalization "
+         "and case folding",
+         gxe.ExpectColumnValuesToBeInSet(column="distinct_name", value_set=[True])),
         ("min_classes", f"at least {config.min_classes} classes",
          gxe.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=config.min_classes)),
         ("min_per_class", f"images per class and split >= {config.min_images_per_class}",
@@ -209,14 +275,14 @@ def run_contract(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.data_sources.add_pandas("tlops")
-    files = add_leakage_column(manifest)
+    files = add_leakage_column(add_limit_columns(manifest, config))
     file_rules, file_raw = _run_suite(
         context, "manifest", files, _manifest_rules(config), ["path", "error"]
     )
     count_rules, count_raw = _run_suite(
         context,
         "class-counts",
-        add_required_column(counts, config),
+        add_required_column(add_distinct_name_column(counts), config),
         _count_rules(config),
         ["split", "label"],
     )
@@ -228,15 +294,14 @@ def render_markdown(result: ContractResult, title: str, facts: dict[str, str]) -
     """A readable report: the verdict, every rule, and the offending files of failed rules."""
     verdict = "PASSED" if result.success else "FAILED"
     lines = [f"# {title}: {verdict}", ""]
-    lines += [f"- **{k}**: {v}" for k, v in facts.items()]
+    lines += [f"- **{one_line(k)}**: {one_line(v)}" for k, v in facts.items()]
     lines += ["", "| rule | expectation | observed | result |", "|---|---|---|---|"]
     for r in result.rules:
         mark = "pass" if r.success else "**FAIL**"
-        desc = r.description.replace("|", "\\|")
-        lines.append(f"| {r.rule} | {desc} | {r.observed} | {mark} |")
+        lines.append(f"| {r.rule} | {md_cell(r.description)} | {md_cell(r.observed)} | {mark} |")
     for r in result.failed:
-        lines += ["", f"## {r.rule}: {r.description}", ""]
-        lines += [f"- `{name}`" for name in r.offenders[:200]]
+        lines += ["", f"## {r.rule}: {one_line(r.description)}", ""]
+        lines += [f"- {md_code(name)}" for name in r.offenders[:200]]
         if len(r.offenders) > 200:
             lines.append(f"- ... and {len(r.offenders) - 200} more")
     return "\n".join(lines) + "\n"

@@ -13,16 +13,40 @@ in-memory cache of decoded images, a seeded shuffle per epoch and prefetched bat
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, get_args
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlops.config import PILLOW_MAX_PIXELS, ImageFormat
+from tlops.errors import DataError
+from tlops.safetext import one_line
 
 #: Largest decoded split kept in memory by the tf.data cache.
 CACHE_BUDGET_BYTES = 2 << 30
+#: Every format a contract can allow: what is opened when no narrower list is known.
+SUPPORTED_FORMATS: tuple[str, ...] = get_args(ImageFormat)
+#: Decoding threads: each holds one decoded image, so a few are enough (Pillow releases the GIL).
+MAX_DECODE_THREADS = 8
+#: What Pillow raises for a file it cannot identify, decode, or refuses as too large.
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
+)  # fmt: skip
+
+
+class UnreadableImageError(DataError):
+    """A file that cannot be read as an image within the limits (exit 3); ``reason`` says why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{one_line(path)}: {reason}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,8 @@ class SplitData:
     labels: np.ndarray  # int32, index into classes
     classes: list[str]
     relpaths: list[str]
+    #: the formats the manifest found (and the contract passed): the only ones opened
+    formats: tuple[str, ...] = SUPPORTED_FORMATS
 
     def __len__(self) -> int:
         """Number of images."""
@@ -61,25 +87,112 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """Decode one file into a float32 (size, size, 3) array of 0..255 RGB."""
-    with Image.open(path) as img:
-        rgb = to_rgb(img)
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        array: np.ndarray = np.asarray(rgb, dtype=np.float32)
-        return array
+@contextmanager
+def strict_decoding() -> Iterator[None]:
+    """Within the block, Pillow's ``DecompressionBombWarning`` is raised as an error.
+
+    Warning filters are process-wide, so the threads a caller starts inside the block see it
+    too; enter it once in the thread that owns the pool, never in the workers (entering and
+    leaving ``catch_warnings`` from several threads at once scrambles the filters).
+    :func:`open_image` refuses oversized images on its own, so this is the second guard, for
+    the frames that plugins check while loading.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
-def load_images(paths: list[str], size: int, workers: int | None = None) -> np.ndarray:
+def pixel_limit(max_pixels: int = PILLOW_MAX_PIXELS) -> int:
+    """The effective limit: ``max_pixels``, never above Pillow's own ``MAX_IMAGE_PIXELS``."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pillow is None else min(max_pixels, int(pillow))
+
+
+def identify_image(
+    fp: str | Path | IO[bytes], formats: Sequence[str] = SUPPORTED_FORMATS
+) -> Image.Image:
+    """Open (lazily: the header only) an image among ``formats``; no other plugin is tried."""
+    return Image.open(fp, formats=list(formats))
+
+
+def check_pixels(img: Image.Image, max_pixels: int = PILLOW_MAX_PIXELS) -> None:
+    """Raise ``DecompressionBombError`` for an image of more than :func:`pixel_limit` pixels."""
+    pixels, limit = img.width * img.height, pixel_limit(max_pixels)
+    if pixels > limit:
+        raise Image.DecompressionBombError(
+            f"{img.width}x{img.height} = {pixels} pixels is over the limit of {limit}"
+        )
+
+
+def open_image(
+    fp: str | Path | IO[bytes],
+    formats: Sequence[str] = SUPPORTED_FORMATS,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+) -> Image.Image:
+    """Identify an image among ``formats`` only and refuse one of more than
+    :func:`pixel_limit` pixels before any pixel is decoded.
+
+    Raises one of :data:`DECODE_ERRORS` (``DecompressionBombError`` for a refused size).
+    """
+    img = identify_image(fp, formats)
+    try:
+        check_pixels(img, max_pixels)
+    except Image.DecompressionBombError:
+        img.close()
+        raise
+    return img
+
+
+def load_image(
+    path: str | Path,
+    size: int,
+    formats: Sequence[str] = SUPPORTED_FORMATS,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode one file into a float32 (size, size, 3) array of 0..255 RGB.
+
+    Only ``formats`` are tried and images over ``max_pixels`` are refused
+    (:class:`UnreadableImageError`, exit 3, naming the file).
+    """
+    try:
+        with open_image(path, formats, max_pixels) as img:
+            rgb = to_rgb(img)
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "not found") from None
+    except DECODE_ERRORS as exc:
+        raise UnreadableImageError(path, _reason(exc, formats)) from None
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    array: np.ndarray = np.asarray(rgb, dtype=np.float32)
+    return array
+
+
+def _reason(exc: BaseException, formats: Sequence[str]) -> str:
+    """Why a file could not be decoded, in one line and without its (unsafe) path."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not an image in the allowed formats {', '.join(formats)}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read: {exc.strerror}"
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"too many pixels: {one_line(exc)}"
+    return f"cannot decode: {one_line(exc)}"
+
+
+def load_images(
+    paths: list[str],
+    size: int,
+    workers: int | None = None,
+    formats: Sequence[str] = SUPPORTED_FORMATS,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+) -> np.ndarray:
     """Decode many files in parallel into one (n, size, size, 3) float32 array."""
     out = np.empty((len(paths), size, size, 3), dtype=np.float32)
-    workers = workers or min(16, 2 * (os.cpu_count() or 1))
+    workers = workers or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
 
     def fill(i: int) -> None:
-        out[i] = load_image(paths[i], size)
+        out[i] = load_image(paths[i], size, formats, max_pixels)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(paths))))
     return out
 
@@ -93,11 +206,13 @@ def read_split(manifest_path: str | Path, images_root: Path, split: str) -> Spli
     classes = sorted(usable["label"].unique().tolist())
     rows = usable[usable["split"] == split].sort_values("path")
     index = {c: i for i, c in enumerate(classes)}
+    found = tuple(sorted({str(f) for f in usable["format"].dropna()}))
     return SplitData(
         paths=[str(images_root / p) for p in rows["path"]],
         labels=np.array([index[c] for c in rows["label"]], dtype=np.int32),
         classes=classes,
         relpaths=rows["path"].tolist(),
+        formats=found or SUPPORTED_FORMATS,
     )
 
 
@@ -145,7 +260,10 @@ def _tf_dataset(
 
     def decode(path: Any, target: Any) -> tuple[Any, Any]:
         image = tf.numpy_function(
-            lambda p: load_image(p.decode(), size), [path], tf.float32, stateful=False
+            lambda p: load_image(p.decode(), size, data.formats),
+            [path],
+            tf.float32,
+            stateful=False,
         )
         image.set_shape((size, size, 3))
         return image, target
@@ -224,9 +342,9 @@ def _image_batches_class() -> type:
 
         def _image(self, i: int) -> np.ndarray:
             if self.cache is None:
-                return load_image(self.data.paths[i], self.size)
+                return load_image(self.data.paths[i], self.size, self.data.formats)
             if not self.decoded[i]:
-                self.cache[i] = load_image(self.data.paths[i], self.size)
+                self.cache[i] = load_image(self.data.paths[i], self.size, self.data.formats)
                 self.decoded[i] = True
             image: np.ndarray = self.cache[i]
             return image

@@ -2,8 +2,13 @@
 
 Layouts: ``root/<split>/<class>/<file>`` when any of train/val/test exists at the top, else
 ``root/<class>/<file>`` (split assigned later by :mod:`tlops.split`). Everything odd is kept as a
-row (stray files, unknown split folders, symlinks leaving the folder) so that the contract can
-name it; nothing is silently skipped.
+row (stray files, unknown split folders, symlinks leaving the folder or looping, unreadable
+files and folders, names that are not UTF-8 or hold control characters, files over the size
+limits) so that the contract can name it; nothing is silently skipped, nothing raises.
+
+Such a name is stored escaped (:func:`tlops.safetext.escape`), so the manifest, its reports and
+every one-line message stay valid UTF-8 on one line. Files are hashed in chunks, never read
+whole, and only the contract's formats are ever handed to Pillow.
 """
 
 from __future__ import annotations
@@ -11,21 +16,32 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tlops.config import SPLITS
+from tlops.config import PILLOW_MAX_PIXELS, SPLITS, ContractConfig
 from tlops.errors import DataError
+from tlops.inputs import (
+    DECODE_ERRORS,
+    MAX_DECODE_THREADS,
+    SUPPORTED_FORMATS,
+    check_pixels,
+    identify_image,
+    open_image,
+    strict_decoding,
+)
+from tlops.safetext import escape, name_problem, one_line
 
 COLUMNS = [
     "path", "split", "label", "format", "mode", "width", "height", "channels", "bit_depth",
-    "bytes", "sha256", "decodable", "error", "symlink", "inside_root",
+    "bytes", "sha256", "decodable", "error", "symlink", "inside_root", "name_ok",
 ]  # fmt: skip
 
 #: Names that are never data: VCS and OS leftovers.
@@ -43,34 +59,80 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What the scan may read: formats handed to Pillow, and the largest file and image."""
+
+    formats: tuple[str, ...] = SUPPORTED_FORMATS
+    max_bytes: int = ContractConfig.model_fields["max_bytes"].default
+    max_pixels: int = ContractConfig.model_fields["max_pixels"].default
+
+    @classmethod
+    def of(cls, contract: ContractConfig) -> Limits:
+        """The limits of a data contract."""
+        return cls(tuple(contract.formats), contract.max_bytes, contract.max_pixels)
+
+
+@dataclass(frozen=True)
 class _Entry:
-    """A file found by the walk, before it is read."""
+    """A file found by the walk, before it is read; names are escaped when unsafe."""
 
     abspath: Path
     relpath: str
     split: str
     label: str
+    name_error: str = ""  # why the name is unsafe; such a file is never read
+    walk_error: str = ""  # a folder that could not be listed
+
+
+def _shown(name: str) -> str:
+    """A file or folder name as the manifest stores it: as is, or escaped when unsafe."""
+    return name if name_problem(name) is None else escape(name)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Visible sub-folders of ``folder`` (none when it cannot be listed: the walk reports it)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
 
 
 def detect_layout(root: Path) -> Layout:
     """Tell the split-folder layout from the class-folder one and list class folders."""
     if not root.is_dir():
-        raise DataError(f"{root}: data folder not found")
-    top = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"{one_line(root)}: data folder not found")
+    top = _subfolders(root)
     split_folders = any(p.name in SPLITS for p in top)
     if not split_folders:
-        return Layout(False, {"": [p.name for p in top]})
+        return Layout(False, {"": [_shown(p.name) for p in top]})
     classes: dict[str, list[str]] = {}
     for split_dir in top:
-        classes[split_dir.name] = sorted(
-            p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        classes[_shown(split_dir.name)] = [_shown(p.name) for p in _subfolders(split_dir)]
     return Layout(True, classes)
 
 
+def _entry(root: Path, abspath: Path, layout: Layout, walk_error: str = "") -> _Entry:
+    """The entry of one file (or unlistable folder) with its split and label from its folders."""
+    parts = abspath.relative_to(root).parts
+    problems = [p for p in map(name_problem, parts) if p is not None]
+    shown = [_shown(p) for p in parts]
+    if layout.split_folders:
+        split = shown[0] if len(parts) > 1 else ""
+        label = shown[1] if len(parts) == 3 else ""
+    else:
+        split = ""
+        label = shown[0] if len(parts) == 2 else ""
+    name_error = f"{problems[0]}; not read" if problems else ""
+    return _Entry(abspath, "/".join(shown), split, label, name_error, walk_error)
+
+
 def _walk(root: Path, layout: Layout) -> Iterator[_Entry]:
-    """Yield every file under root with its split and label from the folder names."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    """Yield every file under root with its split and label from the folder names.
+
+    A folder that cannot be listed is yielded too (with ``walk_error``), never skipped.
+    """
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         # symlinked directories are reported as entries, never followed
         linked = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
@@ -78,20 +140,21 @@ def _walk(root: Path, layout: Layout) -> Iterator[_Entry]:
         for name in sorted(filenames) + linked:
             if name in IGNORED_NAMES:
                 continue
-            abspath = Path(dirpath) / name
-            rel = abspath.relative_to(root)
-            parts = rel.parts
-            if layout.split_folders:
-                split = parts[0] if len(parts) > 1 else ""
-                label = parts[1] if len(parts) == 3 else ""
-            else:
-                split = ""
-                label = parts[0] if len(parts) == 2 else ""
-            yield _Entry(abspath, rel.as_posix(), split, label)
+            yield _entry(root, Path(dirpath) / name, layout)
+    for error in unlisted:
+        folder = Path(os.fsdecode(error.filename or root))
+        if folder != root and folder.is_relative_to(root):
+            reason = f"folder cannot be listed: {error.strerror or 'error'}; not read"
+            yield _entry(root, folder, layout, reason)
+        else:
+            raise DataError(f"{one_line(root)}: data folder cannot be listed: {error.strerror}")
 
 
 def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path`` resolves to a location inside ``root``."""
+    """Whether ``path`` resolves to a location inside ``root``.
+
+    Raises ``OSError`` / ``RuntimeError`` for a link that cannot be resolved (a loop).
+    """
     try:
         path.resolve().relative_to(root.resolve())
     except ValueError:
@@ -99,60 +162,119 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def read_entry(entry: _Entry, root: Path) -> dict[str, Any]:
-    """Read one file: size, sha256, and what Pillow can decode of it."""
+def read_entry(entry: _Entry, root: Path, limits: Limits | None = None) -> dict[str, Any]:
+    """Read one file: size, sha256 (streamed), and what Pillow can decode of it.
+
+    Never raises: a problem is the row's ``error``, with ``decodable`` false, or unset when
+    the file was not tried (outside the folder, an unsafe name, over a size limit).
+    """
+    limits = limits or Limits()
     row: dict[str, Any] = {
         "path": entry.relpath, "split": entry.split, "label": entry.label, "format": None,
         "mode": None, "width": None, "height": None, "channels": None, "bit_depth": None,
         "bytes": None, "sha256": None, "decodable": None, "error": "", "symlink": False,
-        "inside_root": True,
+        "inside_root": True, "name_ok": not entry.name_error,
     }  # fmt: skip
+    if entry.name_error or entry.walk_error:
+        row["error"] = entry.name_error or entry.walk_error
+        row["decodable"] = None if entry.name_error else False
+        return row
     row["symlink"] = entry.abspath.is_symlink()
-    if row["symlink"] and not _inside(entry.abspath, root):
-        row["inside_root"] = False
-        row["error"] = "symlink points outside the data folder; not read"
-        return row
-    if not entry.abspath.is_file():
-        row["decodable"] = False
-        row["error"] = "not a regular file"
-        return row
-    data = entry.abspath.read_bytes()
-    row["bytes"] = len(data)
-    row["sha256"] = hashlib.sha256(data).hexdigest()
-    row.update(_decode(data))
+    if row["symlink"]:
+        try:
+            inside = _inside(entry.abspath, root)
+        except (OSError, RuntimeError):  # a loop, or a link too deep to resolve
+            row["decodable"] = False
+            row["error"] = "symlink loop (the link cannot be resolved); not read"
+            return row
+        if not inside:
+            row["inside_root"] = False
+            row["error"] = "symlink points outside the data folder; not read"
+            return row
+    row.update(_read_file(entry.abspath, limits))
     return row
 
 
-def _decode(data: bytes) -> dict[str, Any]:
-    """Fully decode an image in memory; report its format, mode, size and channel count."""
-    if not data:
-        return {"decodable": False, "error": "empty file (0 bytes)"}
-    fmt: str | None = None  # Image.open itself may raise (e.g. DecompressionBombError)
+def _read_file(path: Path, limits: Limits) -> dict[str, Any]:
+    """Size, streamed sha256 and decoded properties of a regular file, all from one open."""
+    if not path.is_file():  # also keeps FIFOs and devices from being opened
+        return {"decodable": False, "error": "not a regular file"}
+    out: dict[str, Any] = {}
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt, mode, (width, height) = img.format, img.mode, img.size
-            if fmt == "PNG":
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return {"decodable": False, "error": "not a regular file"}
+            out["bytes"] = info.st_size
+            if info.st_size > limits.max_bytes:
+                out["error"] = (
+                    f"{info.st_size} bytes is over max_bytes {limits.max_bytes}; not read"
+                )
+                return out
+            out["sha256"] = hashlib.file_digest(handle, "sha256").hexdigest()
+            out.update(_decode(handle, limits.formats, limits.max_pixels))
+    except OSError as exc:
+        out.update(decodable=False, error=f"cannot read: {exc.strerror or one_line(exc)}")
+    return out
+
+
+def _decode(
+    source: bytes | IO[bytes],
+    formats: Sequence[str] = SUPPORTED_FORMATS,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+) -> dict[str, Any]:
+    """Fully decode an image (bytes, or an open binary file); report its format, mode, size
+    and channel count.
+
+    Only ``formats`` are handed to Pillow. An image over ``max_pixels`` (or Pillow's own
+    limit) keeps the format and size of its header and is never decoded (``decodable``
+    unset: the contract's ``max_pixels`` rule names it).
+    """
+    fp: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
+    fp.seek(0)
+    if not fp.read(1):
+        return {"decodable": False, "error": "empty file (0 bytes)"}
+    header: dict[str, Any] = {}  # Image.open itself may raise (e.g. DecompressionBombError)
+    try:
+        with identify_image(fp, formats) as img:
+            header = {"format": img.format, "mode": img.mode, "width": img.width,
+                      "height": img.height}  # fmt: skip
+            check_pixels(img, max_pixels)
+            if img.format == "PNG":
                 img.verify()  # checks chunk CRCs, which load() does not
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(fp, formats, max_pixels) as img:
             img.load()
             channels = len(img.getbands())
     except UnidentifiedImageError:
-        return {"decodable": False, "error": "not an image Pillow can identify"}
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return {"decodable": False, "format": fmt, "error": f"cannot decode: {exc}"}
+        allowed = ", ".join(formats)
+        error = f"not an image Pillow can identify (allowed formats: {allowed})"
+        return {"decodable": False, "error": error}
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if header:  # refused by its header's size: never decoded
+            error = f"too many pixels: {one_line(exc)}; not decoded"
+            return {**header, "decodable": None, "error": error}
+        return {"decodable": False, "error": f"too many pixels: {one_line(exc)}"}
+    except DECODE_ERRORS as exc:
+        return {"decodable": False, "format": header.get("format"),
+                "error": f"cannot decode: {one_line(exc)}"}  # fmt: skip
     return {
-        "decodable": True, "format": fmt, "mode": mode, "width": width, "height": height,
-        "channels": channels, "bit_depth": _BIT_DEPTH.get(mode, 8),
+        **header, "decodable": True, "channels": channels,
+        "bit_depth": _BIT_DEPTH.get(header["mode"], 8),
     }  # fmt: skip
 
 
-def scan(root: Path, workers: int | None = None) -> tuple[pd.DataFrame, Layout]:
-    """Build the manifest of ``root`` in parallel; rows are sorted by path."""
+def scan(
+    root: Path, workers: int | None = None, limits: Limits | None = None
+) -> tuple[pd.DataFrame, Layout]:
+    """Build the manifest of ``root`` in parallel; rows are sorted by path.
+
+    ``limits``: what may be read (default: every supported format, the default size limits).
+    """
     layout = detect_layout(root)
     entries = list(_walk(root, layout))
-    workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(lambda e: read_entry(e, root), entries, chunksize=64))
+    workers = workers or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
+    with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = list(pool.map(lambda e: read_entry(e, root, limits), entries, chunksize=64))
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("width", "height", "channels", "bit_depth", "bytes"):
         frame[col] = frame[col].astype("Int64")

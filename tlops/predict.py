@@ -1,7 +1,9 @@
 """Prediction with a registered model: files and folders in, top-k classes out.
 
 The registered model holds its preprocessing (stock Keras layers), so a caller only decodes and
-resizes images the way training did (:func:`tlops.inputs.load_image`).
+resizes images the way training did (:func:`tlops.inputs.load_image`: only the supported formats
+are handed to Pillow, decompression bombs are refused). A file that cannot be read is that
+file's row; its name is shown escaped (one line, valid UTF-8).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tlops import registry
-from tlops.inputs import load_image
+from tlops.inputs import UnreadableImageError, load_image, strict_decoding
+from tlops.safetext import one_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 CHUNK = 64
@@ -57,12 +60,15 @@ def predict_files(model_uri: str, paths: list[Path], top_k: int) -> list[Predict
     rows: dict[int, Prediction] = {}
     good: list[tuple[int, np.ndarray]] = []
     files = expand(paths)
-    for i, path in enumerate(files):
-        try:
-            good.append((i, load_image(path, size)))
-        except Exception as exc:  # unreadable files are reported, not fatal
-            reason = "not found" if not path.exists() else f"{type(exc).__name__}: {exc}"
-            rows[i] = Prediction(path=str(path), error=reason)
+    with strict_decoding():
+        for i, path in enumerate(files):
+            try:
+                good.append((i, load_image(path, size)))
+            except UnreadableImageError as exc:  # unreadable files are reported, not fatal
+                rows[i] = Prediction(path=one_line(path), error=exc.reason)
+            except Exception as exc:  # anything else about one file is that file's row too
+                reason = one_line(f"{type(exc).__name__}: {exc}")
+                rows[i] = Prediction(path=one_line(path), error=reason)
     for start in range(0, len(good), CHUNK):
         chunk = good[start : start + CHUNK]
         batch = np.stack([image for _, image in chunk])
@@ -70,7 +76,7 @@ def predict_files(model_uri: str, paths: list[Path], top_k: int) -> list[Predict
         for (i, _), p in zip(chunk, probs, strict=True):
             order = np.argsort(-p)[: min(top_k, len(classes))]
             rows[i] = Prediction(
-                path=str(files[i]), top=[(classes[j], round(float(p[j]), 6)) for j in order]
+                path=one_line(files[i]), top=[(classes[j], round(float(p[j]), 6)) for j in order]
             )
     return [rows[i] for i in range(len(files))]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tlops.evaluation import class_metric
 from tlops.gate import Evidence, Verdict
+from tlops.safetext import md_cell, md_code
 
 #: Where the train flow writes the report in its run folder (and logs it under ``gate/``).
 REPORT_FILE = "report.md"
@@ -57,8 +58,8 @@ def per_class_table(candidate: Evidence, champion: Evidence | None) -> list[str]
         rec, prec = candidate.metrics.get(recall_key), candidate.metrics.get(precision_key)
         old_rec, old_prec = ref.get(recall_key), ref.get(precision_key)
         lines.append(
-            f"| {name} | {_num(rec)} | {_num(old_rec)} | {_delta(rec, old_rec)} | {_num(prec)}"
-            f" | {_num(old_prec)} |"
+            f"| {md_cell(name)} | {_num(rec)} | {_num(old_rec)} | {_delta(rec, old_rec)} |"
+            f" {_num(prec)} | {_num(old_prec)} |"
         )
     return lines
 
@@ -69,11 +70,11 @@ def confusion_table(rows: list[dict[str, str]], classes: list[str]) -> list[str]
     counts = [[0] * len(classes) for _ in classes]
     for row in rows:
         counts[index[row["true"]]][index[row["predicted"]]] += 1
-    lines = ["| true \\ predicted | " + " | ".join(classes) + " |"]
+    lines = ["| true \\ predicted | " + " | ".join(map(md_cell, classes)) + " |"]
     lines.append("|---" * (len(classes) + 1) + "|")
     for name, counted in zip(classes, counts, strict=True):
         cells = [f"**{n}**" if i == index[name] else str(n) for i, n in enumerate(counted)]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(name)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -119,8 +120,8 @@ def render(
         lines.append(f"### newly misclassified: {len(worse)} (right by the champion)")
         if worse:
             lines += ["", "| image | true | predicted |", "|---|---|---|"]
-            lines += [f"| `{r['path']}` | {r['true']} | {r['predicted']} |"
-                      for r in worse[:MAX_LISTED]]  # fmt: skip
+            lines += [f"| {md_cell(md_code(r['path']))} | {md_cell(r['true'])} |"
+                      f" {md_cell(r['predicted'])} |" for r in worse[:MAX_LISTED]]  # fmt: skip
             if len(worse) > MAX_LISTED:
                 lines.append(f"\n... and {len(worse) - MAX_LISTED} more")
     return "\n".join(lines).rstrip() + "\n"

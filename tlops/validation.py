@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from tlops.config import ContractConfig, SplitConfig
 from tlops.contract import ContractResult, render_markdown, run_contract
 from tlops.dataversion import DataVersion
-from tlops.manifest import class_counts, manifest_digest, scan
+from tlops.manifest import Limits, class_counts, manifest_digest, scan
+from tlops.safetext import one_line
 from tlops.split import assign_splits
 
 
@@ -47,14 +48,18 @@ class ContractVerdict(BaseModel):
     markdown: str
 
 
-def build_manifest(images_root: Path, split: SplitConfig, out_dir: Path) -> ManifestInfo:
+def build_manifest(
+    images_root: Path, split: SplitConfig, out_dir: Path, contract: ContractConfig | None = None
+) -> ManifestInfo:
     """Scan ``images_root`` into ``out_dir/manifest.{parquet,csv}`` and ``class_counts.parquet``.
+
+    ``contract``: whose formats and size limits bound what is read (default: its defaults).
 
     1. scan the files in parallel;
     2. assign splits by sha256 when the folder has none of its own;
     3. count images per split and class (empty class folders count as zero).
     """
-    manifest, layout = scan(images_root)
+    manifest, layout = scan(images_root, limits=Limits.of(contract or ContractConfig()))
     split_source = "folders" if layout.split_folders else "sha256"
     if not layout.split_folders:
         manifest = assign_splits(manifest, split)
@@ -116,7 +121,8 @@ class ValidationOutcome(BaseModel):
         d, m = self.data, self.manifest
         status = "passed" if self.verdict.success else "FAILED"
         return "\n".join(
-            [
+            one_line(line)  # a name from the data can never start a line of its own
+            for line in [
                 f"### tlops validate: data contract {status}",
                 f"- data: `{d.dvc_file}` md5 `{d.md5}` rev `{d.rev[:12]}`"
                 + (" **dirty**" if d.dirty else ""),

@@ -127,3 +127,20 @@ def test_unknown_rev_exit_2_and_lost_remote_exit_5(repo: Path, tmp_path: Path, c
     code, output = cli([*args, "--data-rev", "good"])
     assert code == 5, output
     assert "could not fetch" in output
+
+
+def test_unsafe_file_name_exits_3_with_one_escaped_line(repo: Path, cli) -> None:
+    """A newline (and a table row) in a file name: exit 3 naming it escaped, no traceback."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(99).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    unsafe = repo / "data" / "val" / "dog" / "x\n| decodable | forged | pass |.png"
+    Image.fromarray(pixels).save(unsafe, format="PNG")  # a valid, distinct image
+    commit_data(repo, "unsafe name")
+    code, output = cli(["validate", SMOKE, "--set", f"data.repo={repo}"])
+    assert code == 3, output
+    assert "Traceback" not in output
+    (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert "file_name" in line and "val/dog/x\\n| decodable | forged | pass |.png" in line
+    assert "\n| decodable | forged" not in _artifact("data-contract")

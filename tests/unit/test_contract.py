@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +420,127 @@ def test_flat_layout_keeps_duplicates_in_one_split(tmp_path: Path) -> None:
     assert "leakage" not in verdict.failed_rules
     report = assert_fails(verdict, {"duplicate_in_split"}, list(copies))
     assert offenders(report, "duplicate_in_split") == sorted([*copies, *copies.values()])
+
+
+# --- issue 10: names, size limits, decompression bombs, colliding class names ----------------
+
+
+def run_limited(root: Path, out: Path, **contract: Any) -> tuple[ManifestInfo, ContractVerdict]:
+    """build_manifest bounded by the contract (as the validate flow does) + check_contract."""
+    config = ContractConfig(**contract)
+    info = build_manifest(root, SplitConfig(), out, config)
+    return info, check_contract(info, config, out, facts={"dataset": root.name})
+
+
+def table_rows(markdown: str) -> list[str]:
+    """The lines of the rule table: each must have exactly its five cell borders."""
+    return [line for line in markdown.splitlines() if line.startswith("| ")]
+
+
+def unescaped_pipes(line: str) -> int:
+    """How many ``|`` in a Markdown line end a cell (not written as ``\\|``)."""
+    return line.replace("\\|", "").count("|")
+
+
+def test_non_utf8_file_name_fails_file_name_naming_it_escaped(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    write(root / "train" / "a" / os.fsdecode(b"bad\xff.png"), image_bytes())  # raw bytes name
+    _, verdict = run_contract(root, tmp_path / "out")
+    report = assert_fails(verdict, {"file_name"}, ["train/a/bad\\xff.png", "not valid UTF-8"])
+    assert offenders(report, "file_name") == ["train/a/bad\\xff.png"]
+    assert "\n" not in verdict.message
+    verdict.message.encode("utf-8")  # valid UTF-8 everywhere: message, report, JSON
+    Path(verdict.json_path).read_text(encoding="utf-8")
+
+
+def test_newline_and_pipe_in_a_name_cannot_forge_report_rows(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    forged = "x\n| decodable | every file decodes | 0 of 1 | pass |\n.png"
+    write(root / "val" / "b" / forged, image_bytes())
+    _, verdict = run_contract(root, tmp_path / "out")
+    escaped = "val/b/x\\n| decodable | every file decodes | 0 of 1 | pass |\\n.png"
+    assert_fails(verdict, {"file_name"}, [escaped, "control characters"])
+    assert "\n" not in verdict.message
+    rows = table_rows(verdict.markdown)
+    assert len(rows) == 2 + 17  # header, separator, one row per rule: nothing forged
+    assert all(unescaped_pipes(row) == 5 for row in rows), rows
+
+
+def test_symlink_loop_fails_decodable_naming_the_links(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    (root / "train" / "a" / "loop1.png").symlink_to("loop2.png")
+    (root / "train" / "a" / "loop2.png").symlink_to("loop1.png")
+    _, verdict = run_contract(root, tmp_path / "out")
+    report = assert_fails(verdict, {"decodable"}, ["train/a/loop1.png", "symlink loop"])
+    assert offenders(report, "decodable") == ["train/a/loop1.png", "train/a/loop2.png"]
+
+
+def test_file_over_max_bytes_fails_max_bytes(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    big = image_bytes(size=(64, 64))
+    write(root / "test" / "b" / "big.png", big)
+    info, verdict = run_limited(root, tmp_path / "out", max_bytes=len(big) - 1)
+    report = assert_fails(verdict, {"max_bytes"}, ["test/b/big.png", "over max_bytes"])
+    assert offenders(report, "max_bytes") == ["test/b/big.png"]
+    row = pd.read_parquet(info.manifest_path).set_index("path").loc["test/b/big.png"]
+    assert pd.isna(row["sha256"])  # never read
+
+
+def test_image_over_max_pixels_fails_max_pixels(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    write(root / "train" / "b" / "wide.png", image_bytes(size=(80, 20)))  # 1600 pixels
+    _, verdict = run_limited(root, tmp_path / "out", max_pixels=1000)
+    report = assert_fails(verdict, {"max_pixels"}, ["train/b/wide.png", "too many pixels"])
+    assert offenders(report, "max_pixels") == ["train/b/wide.png"]
+
+
+def test_manifest_scanned_with_looser_limits_still_fails_closed(tmp_path: Path) -> None:
+    """Files the scan left unread for a limit the contract does not have: never a pass."""
+    root = make_dataset(tmp_path / "data")
+    big = image_bytes(size=(64, 64))
+    write(root / "train" / "a" / "big.png", big)
+    info = build_manifest(root, SplitConfig(), tmp_path / "out", ContractConfig(max_bytes=1000))
+    verdict = check_contract(info, ContractConfig(), tmp_path / "out", facts={})
+    assert_fails(verdict, {"decodable"}, ["train/a/big.png"])
+
+
+def test_bomb_under_twice_pillows_limit_fails_the_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow decodes an image of 1x to 2x its pixel limit with a mere warning."""
+    root = make_dataset(tmp_path / "data")
+    write(root / "train" / "a" / "bomb.png", image_bytes(size=(40, 40)))  # 1600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 20x20 images stay under it
+    _, verdict = run_contract(root, tmp_path / "out")
+    report = assert_fails(verdict, {"decodable"}, ["train/a/bomb.png", "too many pixels"])
+    assert offenders(report, "decodable") == ["train/a/bomb.png"]
+
+
+def test_format_outside_the_contract_is_never_decoded(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data")
+    write(root / "train" / "a" / "doc.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n")
+    info, verdict = run_limited(root, tmp_path / "out", formats=["PNG"])
+    assert_fails(verdict, {"decodable"}, ["train/a/doc.eps", "allowed formats: PNG"])
+    row = pd.read_parquet(info.manifest_path).set_index("path").loc["train/a/doc.eps"]
+    assert pd.isna(row["format"])  # Pillow's EPS plugin never saw it
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [("Cat", "cat"), (NFC, NFD), ("cat:1", "cat_1"), ("\ufb01sh", "fish"), ("DOG", "dog")],
+    ids=["case", "nfc-nfd", "metric-key", "nfkc-ligature", "upper"],
+)
+def test_colliding_class_names_fail_class_names(tmp_path: Path, pair: tuple[str, str]) -> None:
+    root = make_dataset(tmp_path / "data", classes=pair)
+    _, verdict = run_contract(root, tmp_path / "out")
+    report = assert_fails(verdict, {"class_names"}, [f"train/{pair[0]}", f"train/{pair[1]}"])
+    assert set(offenders(report, "class_names")) == {f"{s}/{c}" for s in PER_SPLIT for c in pair}
+
+
+def test_distinct_non_ascii_class_names_pass(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data", classes=(NFC, "th\u00e9"))  # keys caf_ and th_
+    _, verdict = run_contract(root, tmp_path / "out")
+    assert_passes(verdict)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tlops.config import SplitConfig
+from tlops.errors import DataError
 from tlops.inputs import (
     encode_labels,
     image_batches,
@@ -120,3 +121,66 @@ def test_label_budget_keeps_the_first_images_of_each_class() -> None:
     assert kept.relpaths == ["0.png", "1.png", "2.png", "3.png", "5.png"]
     assert kept.labels.tolist() == [0, 1, 0, 1, 2] and kept.classes == data.classes
     assert label_budget(data, None) is data
+
+
+# --- issue 10, item 10: only the allowed formats are opened, bombs are refused ---------------
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n%%EndComments\nshowpage\n"
+
+
+def test_load_image_opens_only_the_given_formats(tmp_path: Path) -> None:
+    eps = tmp_path / "doc.eps"
+    eps.write_bytes(EPS)  # never handed to Pillow's EPS plugin (which runs Ghostscript)
+    with pytest.raises(DataError, match="allowed formats") as caught:
+        load_image(eps, 8)
+    assert caught.value.exit_code == 3 and "doc.eps" in str(caught.value)
+    rgb = Image.fromarray(np.full((20, 20, 3), 100, dtype=np.uint8))
+    bmp = _save(tmp_path / "pic.bmp", rgb, "BMP")
+    assert load_image(bmp, 8).shape == (8, 8, 3)  # BMP is a supported format
+    with pytest.raises(DataError, match="allowed formats PNG"):
+        load_image(bmp, 8, formats=("PNG",))
+
+
+def test_load_image_refuses_a_bomb_pillow_only_warns_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save(tmp_path / "big.png", Image.new("L", (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: 1x to 2x the limit
+    with pytest.raises(DataError, match="too many pixels"):
+        load_image(path, 8)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="1600 pixels is over the limit of 1599"):
+        load_image(path, 8, max_pixels=1599)
+    assert load_image(path, 8, max_pixels=1600).shape == (8, 8, 3)
+
+
+def test_strict_decoding_raises_bomb_warnings_and_restores_the_filters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from tlops.inputs import strict_decoding
+
+    path = _save(tmp_path / "big.png", Image.new("L", (40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    before = list(warnings.filters)
+    with strict_decoding(), pytest.raises(Image.DecompressionBombWarning):
+        Image.open(path)
+    assert warnings.filters == before  # no process-wide side effect after the block
+
+
+def test_read_split_opens_only_the_formats_the_manifest_found(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 2), ("val", 1), ("test", 1)):
+        for label in ("a", "b"):
+            for i in range(n):
+                pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                _save(tmp_path / "d" / split / label / f"{i}.png", Image.fromarray(pixels))
+    info = build_manifest(tmp_path / "d", SplitConfig(), tmp_path / "out")
+    train = read_split(info.manifest_path, tmp_path / "d", "train")
+    # a file swapped for another format after the contract saw it is refused, not decoded
+    Image.open(train.paths[0]).convert("RGB").save(train.paths[0], format="BMP")
+    batches = image_batches(train, 16, 4, binary=False, shuffle=False, seed=0)
+    with pytest.raises(DataError, match="allowed formats PNG"):
+        batches[0]
+    assert train.formats == ("PNG",)

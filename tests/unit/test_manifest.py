@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from tlops.manifest import COLUMNS, _decode, class_counts, scan
@@ -122,3 +125,121 @@ def test_decode_reads_width_and_height_in_order() -> None:
     Image.new("RGB", (31, 17)).save(buf, "PNG")
     result = _decode(buf.getvalue())
     assert (result["width"], result["height"]) == (31, 17)
+
+
+# --- issue 10, items 9 and 10: every odd file is a row; Pillow only sees what it may ----------
+
+
+def _png(size: tuple[int, int] = (24, 20), seed: int = 0) -> bytes:
+    """A random RGB PNG of ``size``."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_non_utf8_names_are_escaped_rows_and_never_read(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data")
+    # names given as raw bytes that are not UTF-8, in a class folder and as a class folder
+    (root / "train" / "a" / os.fsdecode(b"bad\xff.png")).write_bytes(_png(seed=9))
+    latin1 = root / "train" / os.fsdecode(b"cl\xe9s")  # 'clés' in Latin-1
+    latin1.mkdir()
+    (latin1 / "x.png").write_bytes(_png(seed=10))
+    assert os.fsencode(latin1).endswith(b"/cl\xe9s")
+    manifest, layout = scan(root, workers=2)
+    rows = manifest.set_index("path")
+    bad = rows.loc["train/a/bad\\xff.png"]
+    assert not bool(bad["name_ok"]) and "not valid UTF-8" in bad["error"]
+    assert pd.isna(bad["sha256"]) and pd.isna(bad["decodable"])  # never read
+    in_folder = rows.loc["train/cl\\xe9s/x.png"]
+    assert in_folder["label"] == "cl\\xe9s" and not bool(in_folder["name_ok"])
+    assert "cl\\xe9s" in layout.classes["train"]
+    assert rows.loc["train/a/rgb.png", "name_ok"]  # the others are untouched
+    # everything in the manifest is valid UTF-8: it can be written and read back
+    manifest.to_parquet(tmp_path / "m.parquet")
+    assert set(pd.read_parquet(tmp_path / "m.parquet")["path"]) == set(manifest["path"])
+
+
+def test_names_with_newlines_are_escaped_onto_one_line(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data")
+    (root / "train" / "a" / "two\nlines|x.png").write_bytes(_png(seed=11))
+    manifest, _ = scan(root)
+    row = manifest.set_index("path").loc["train/a/two\\nlines|x.png"]
+    assert not bool(row["name_ok"]) and "control characters" in row["error"]
+    assert not any("\n" in p for p in manifest["path"])
+
+
+def test_escaping_is_reversible_so_names_never_merge() -> None:
+    from tlops.safetext import escape, name_problem
+
+    assert escape("a\\xff") != escape("a\udcff")  # a literal backslash is escaped too
+    assert escape("x\ny\u202e") == "x\\ny\\u202e"
+    assert name_problem("mon chat é 猫 🐱.png") is None
+    assert name_problem("a\udcff") and name_problem("a\tb") and name_problem("r\u202eevil")
+
+
+def test_symlink_loop_is_a_row_not_an_error(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "data")
+    (root / "train" / "a" / "loop1.png").symlink_to("loop2.png")
+    (root / "train" / "a" / "loop2.png").symlink_to("loop1.png")
+    manifest, _ = scan(root, workers=2)
+    rows = manifest.set_index("path")
+    for name in ("train/a/loop1.png", "train/a/loop2.png"):
+        assert rows.loc[name, "decodable"] == False  # noqa: E712
+        assert "symlink loop" in rows.loc[name, "error"]
+
+
+def test_file_over_max_bytes_is_sized_but_never_read(tmp_path: Path) -> None:
+    from tlops.manifest import Limits
+
+    root = make_folder(tmp_path / "data")
+    big = _png((64, 64), seed=12)
+    (root / "train" / "b" / "big.png").write_bytes(big)
+    manifest, _ = scan(root, limits=Limits(max_bytes=len(big) - 1))
+    row = manifest.set_index("path").loc["train/b/big.png"]
+    assert row["bytes"] == len(big) and "over max_bytes" in row["error"]
+    assert pd.isna(row["sha256"]) and pd.isna(row["decodable"]) and pd.isna(row["format"])
+    small = manifest.set_index("path").loc["train/a/rgb.png"]  # streamed hash = whole-file hash
+    data = (root / "train" / "a" / "rgb.png").read_bytes()
+    assert small["sha256"] == hashlib.sha256(data).hexdigest() and bool(small["decodable"])
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n%%EndComments\nshowpage\n"
+
+
+def test_formats_outside_the_allowed_ones_never_reach_a_pillow_plugin(tmp_path: Path) -> None:
+    """An EPS (Pillow's EPS plugin hands it to Ghostscript) and a BMP with only PNG allowed."""
+    from tlops.manifest import Limits
+
+    root = make_folder(tmp_path / "data")
+    (root / "train" / "a" / "doc.eps").write_bytes(EPS)
+    save(root / "train" / "a" / "pic.bmp", "RGB", "BMP", 13)
+    manifest, _ = scan(root, limits=Limits(formats=("PNG",)))
+    rows = manifest.set_index("path")
+    for name in ("train/a/doc.eps", "train/a/pic.bmp", "train/a/photo.jpg"):
+        row = rows.loc[name]
+        assert row["decodable"] == False, name  # noqa: E712
+        assert pd.isna(row["format"]), name  # not even identified
+        assert "allowed formats: PNG" in row["error"]
+    assert rows.loc["train/a/rgb.png", "format"] == "PNG"
+    # by default, only the formats a contract can allow: EPS is not one of them
+    assert pd.isna(scan(root)[0].set_index("path").loc["train/a/doc.eps", "format"])
+
+
+def test_bomb_between_one_and_two_times_pillows_limit_is_never_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow only warns below twice its limit; the scan refuses it from its header."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    png = _png((40, 40))  # 1600 pixels: over the limit, under twice the limit
+    result = _decode(png)
+    assert result["decodable"] is not True
+    assert (result["width"], result["height"]) == (40, 40)
+    assert "too many pixels" in result["error"]
+    assert _decode(_png((30, 30)))["decodable"] is True  # 900 pixels: under the limit
+
+
+def test_max_pixels_refuses_before_decoding() -> None:
+    result = _decode(_png((40, 40)), max_pixels=1599)
+    assert result["decodable"] is None and "1600 pixels" in result["error"]
+    assert _decode(_png((40, 40)), max_pixels=1600)["decodable"] is True

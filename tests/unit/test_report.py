@@ -55,3 +55,30 @@ def test_report_without_champion_skips_comparisons(tmp_path: Path) -> None:
     assert "| test_accuracy | 0.5000 | - | - |" in text
     assert "newly misclassified" not in text
     assert newly_misclassified(ROWS, None) == []
+
+
+def test_pipes_and_newlines_in_names_cannot_forge_table_rows() -> None:
+    """Class names and paths are cell text: a ``|`` is escaped, a newline never ends a row."""
+    classes = ["c|d", "x"]
+    rows = [
+        {"path": "test/c|d/a.png", "true": "c|d", "predicted": "c|d"},
+        {"path": "test/c|d/b\n| forged | row |.png", "true": "c|d", "predicted": "x"},
+        {"path": "test/x/`c`.png", "true": "x", "predicted": "x"},
+    ]
+    per_class = {f"test_{m}_{c}": 0.5 for m in ("recall", "precision") for c in ("c_d", "x")}
+    metrics = {"test_accuracy": 0.6, **per_class}
+    candidate = Evidence(metrics=metrics, correct=[True, False, True], classes=classes)
+    champion = Evidence(metrics=metrics, correct=[True, True, True], classes=classes, version="1")
+    verdict = decide(GateConfig(), candidate, champion)
+    text = render("pets", verdict, candidate, champion, rows, "r1")
+    assert "\n| forged" not in text
+    sections = text.split("### ")
+    expected = {"per class": 7, "confusion matrix": 4, "newly misclassified": 4}
+    for section in sections:
+        for title, pipes in expected.items():
+            if section.startswith(title):
+                table = [line for line in section.splitlines() if line.startswith("|")]
+                assert table and all(
+                    line.replace("\\|", "").count("|") == pipes for line in table
+                ), table
+    assert "| c\\|d | 0.5000 |" in text
