@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import typer
 
 from tlops.config import RunConfig, load_config
 from tlops.errors import ConfigError, ServiceError, TlopsError
+from tlops.paths import storage_error
 from tlops.policy import PolicyOrigin, policy_origin, refuse_policy_overrides
 from tlops.redact import redact_text
 
@@ -86,29 +88,82 @@ def _fail(exc: TlopsError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _guard(action: Callable[[], T], on_error: Callable[[TlopsError], None] | None = None) -> T:
-    """Run a command body, mapping expected failures to their exit codes (``on_error`` first
-    sees the failure, e.g. to write a CI report)."""
+def _expected(exc: BaseException) -> TlopsError | None:
+    """The expected failure ``exc`` is, as a :class:`TlopsError`; None for a bug.
+
+    A storage failure (full disk, read-only or forbidden folder, :data:`STORAGE_ERRNOS`) is
+    one, anywhere in a run: flows and tasks raise the task's own exception, unwrapped.
+    """
     import httpx
 
+    if isinstance(exc, TlopsError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return ServiceError(f"Prefect API unreachable or failing: {exc}")
+    return storage_error(exc)
+
+
+def _guard(action: Callable[[], T], on_error: Callable[[TlopsError], None] | None = None) -> T:
+    """Run a command body, mapping expected failures to their exit codes (``on_error`` first
+    sees the failure, e.g. to write a CI report; its own storage failure is said, not raised)."""
     try:
         return action()
-    except (TlopsError, httpx.HTTPError) as exc:
-        error = (
-            exc if isinstance(exc, TlopsError)
-            else ServiceError(f"Prefect API unreachable or failing: {exc}")
-        )  # fmt: skip
+    except Exception as exc:
+        error = _expected(exc)
+        if error is None:
+            raise
         if on_error is not None:
-            on_error(error)
+            try:
+                on_error(error)
+            except OSError as report_exc:
+                why = storage_error(report_exc) or report_exc
+                typer.secho(f"error: writing the report: {why}", fg=typer.colors.RED, err=True)
         raise _fail(error) from None
+
+
+class _NoExpectedTraceback(logging.Formatter):
+    """Formats like ``inner``, but without the traceback of an expected failure."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record's lines; an expected exception is left to the CLI's one line."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or _expected(exc) is None:
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _quiet_expected_tracebacks() -> None:
+    """Prefect logs a failed task or flow run with its traceback on the console; for an
+    expected failure the console keeps Prefect's line and the CLI's ``error:`` line (the
+    Prefect API's copy of the log keeps the traceback)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, _NoExpectedTraceback
+        ):
+            handler.setFormatter(_NoExpectedTraceback(handler.formatter))
 
 
 def _append_step_summary(markdown: str) -> bool:
     """Append to ``$GITHUB_STEP_SUMMARY``; False when it is not set."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
-        with Path(target).open("a", encoding="utf-8") as handle:
-            handle.write(markdown + "\n")
+        try:
+            with Path(target).open("a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
+        except OSError as exc:  # a failed flush or close names no file: name it
+            raise OSError(exc.errno, exc.strerror, exc.filename or target) from None
     return bool(target)
 
 
@@ -226,6 +281,7 @@ def _start_prefect_api(preload: tuple[str, ...]) -> None:
 def _flow(flow_module: str, flow_name: str) -> Callable[..., Any]:
     """Import a flow (Prefect is slow to import), then start its API and the preloading."""
     run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
+    _quiet_expected_tracebacks()
     if os.environ.get("TLOPS_PRELOAD", "1") != "0":
         _start_prefect_api(PRELOAD.get(flow_name, ()))
     return run_flow
@@ -248,11 +304,20 @@ def _report_text(outcome: Any) -> str:
 def _write_report(text: str, ci: bool, report: Path | None) -> None:
     """CI: the report to ``$GITHUB_STEP_SUMMARY``, else to ``--report`` / tlops-report.md."""
     text = redact_text(text)
-    summarized = ci and _append_step_summary(text)
+    summarized, failure = False, None
+    try:
+        summarized = ci and _append_step_summary(text)
+    except OSError as exc:  # e.g. a full disk: the report file below is still written
+        failure = exc
     target = report or (DEFAULT_REPORT if ci and not summarized else None)
     if target is not None:
-        target.write_text(text + "\n", encoding="utf-8")
+        try:
+            target.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:  # a failed flush or close names no file: name it
+            raise OSError(exc.errno, exc.strerror, exc.filename or str(target)) from None
         typer.echo(f"report: {target}")
+    if failure is not None:
+        raise failure
 
 
 def _note_override(policy: PolicyOrigin) -> None:
@@ -399,6 +464,7 @@ def sweep(
         policy = policy_origin(config, set_ or [], cfg)
         _note_override(policy)
         run_sweep = importlib.import_module("flows.sweep").run_sweep
+        _quiet_expected_tracebacks()
         if os.environ.get("TLOPS_PRELOAD", "1") != "0" and not address:  # remote: a real API
             _start_prefect_api((*PRELOAD["validate_flow"], "mlflow"))
         outcome = run_sweep(cfg, spec, workers or 2, address, policy)

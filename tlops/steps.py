@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tlops.config import RunConfig
 from tlops.dataversion import DataVersion, default_cache_root
 from tlops.errors import ConfigError, DataError
 from tlops.inputs import SplitData, load_images, read_split
-from tlops.paths import tlops_home
+from tlops.paths import atomic_path, tlops_home
 from tlops.policy import PolicyOrigin, policy_tags
 from tlops.validation import ManifestInfo
 
@@ -146,7 +145,7 @@ def train_model(
     """
     from tlops import model as tl_model
     from tlops.runtime import configure, strategy_scope
-    from tlops.training import TrainInputs, feature_cache_key, train
+    from tlops.training import TrainInputs, checkpoint_folder, feature_cache_key, train
 
     runtime = configure(cfg.train)
     train_split, val_split = _splits(manifest, data, cfg.data.train_per_class)
@@ -172,25 +171,30 @@ def train_model(
     def callbacks(phase: str, offset: int) -> list[Any]:
         return [tracking.epoch_logger(run_id, phase, offset, phases[phase])] if run_id else []
 
-    inputs = TrainInputs(
-        train=train_split,
-        val=val_split,
-        checkpoint_dir=tlops_home() / "checkpoints" / fingerprint[:16],
-        fingerprint=fingerprint,
-        fine_tune_from=cfg.backbone.fine_tune_from or spec.fine_tune_from,
-        feature_cache_file=default_cache_root() / "features" / f"{feature_key}.npz",
-        callbacks=callbacks,
-    )
-    result = train(clf, cfg, inputs)
-    model_path = run_dir / "model.keras"
-    clf.model.save(model_path)
+    model_path, result_path = run_dir / "model.keras", run_dir / "training.json"
     backbone_path = ""
-    if cfg.registry.kind == "backbone":
-        clf.base.save_weights(run_dir / BACKBONE_FILE)
-        backbone_path = str(run_dir / BACKBONE_FILE)
-    result_path = run_dir / "training.json"
-    result_path.write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
-    shutil.rmtree(inputs.checkpoint_dir, ignore_errors=True)
+    # the checkpoint folder is this run's alone while it trains (a concurrent run of the same
+    # inputs gets its own); it is deleted only once the model is saved, still under the lock
+    with checkpoint_folder(tlops_home() / "checkpoints", fingerprint[:16]) as lease:
+        inputs = TrainInputs(
+            train=train_split,
+            val=val_split,
+            checkpoint_dir=lease.folder,
+            fingerprint=fingerprint,
+            fine_tune_from=cfg.backbone.fine_tune_from or spec.fine_tune_from,
+            feature_cache_file=default_cache_root() / "features" / f"{feature_key}.npz",
+            callbacks=callbacks,
+        )
+        result = train(clf, cfg, inputs)
+        with atomic_path(model_path, suffix=".tmp.keras") as tmp:
+            clf.model.save(tmp)
+        if cfg.registry.kind == "backbone":
+            with atomic_path(run_dir / BACKBONE_FILE, suffix=".tmp.weights.h5") as tmp:
+                clf.base.save_weights(tmp)
+            backbone_path = str(run_dir / BACKBONE_FILE)
+        with atomic_path(result_path) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
+        lease.remove()
     return TrainSummary(
         model_path=str(model_path),
         result_path=str(result_path),

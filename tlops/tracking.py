@@ -7,7 +7,9 @@ The default store is ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflo
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -103,8 +105,90 @@ def start_run(experiment: str, run_name: str, params: dict[str, str], tags: dict
         for i in range(0, len(items), BATCH):
             chunk = [Param(k, tag_value(v, PARAM_LIMIT)) for k, v in items[i : i + BATCH]]
             mlflow_client.log_batch(run_id, params=chunk)
-        set_tags(run_id, tags, mlflow_client)
+        set_tags(run_id, {**tags, OWNER_TAG: json.dumps(_owner(), sort_keys=True)}, mlflow_client)
+        fail_orphaned_runs(mlflow_client, experiment_id, run_id)
     return run_id
+
+
+OWNER_TAG = "tlops.owner"  # the process that opened a run: host, boot, pid namespace, pid, start
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks after boot, /proc); empty when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _machine() -> dict[str, str]:
+    """Where pids mean the same process: the host name, its boot and the pid namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = str(Path("/proc/self/ns/pid").readlink())
+    except OSError:
+        boot = namespace = ""
+    return {"host": socket.gethostname(), "boot": boot, "pidns": namespace}
+
+
+def _owner() -> dict[str, str]:
+    """This process as a run's owner (the ``tlops.owner`` tag)."""
+    pid = os.getpid()
+    return {**_machine(), "pid": str(pid), "start": _process_start(pid)}
+
+
+def owner_gone(owner: dict[str, str]) -> bool:
+    """Whether the process that opened a run has certainly ended.
+
+    Only a process of this machine, boot and pid namespace can be checked; any other (or an
+    owner tag this code does not understand) counts as alive: a live run is never failed.
+    """
+    here = _machine()
+    if not here["boot"] or any(owner.get(k) != here[k] for k in ("host", "boot", "pidns")):
+        return False
+    try:
+        pid = int(owner.get("pid", ""))
+    except ValueError:
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's live process
+        pass
+    start = _process_start(pid)
+    return bool(owner.get("start")) and bool(start) and start != owner["start"]  # pid reused
+
+
+def fail_orphaned_runs(mlflow_client: Any, experiment_id: str, by_run: str) -> list[str]:
+    """Mark FAILED the runs of an experiment left RUNNING by a process that is gone (killed);
+    return their ids. Runs of live processes, or of other machines, are left as they are."""
+    orphans = []
+    running = mlflow_client.search_runs(
+        [experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+    )
+    for found in running:
+        if found.info.run_id == by_run or OWNER_TAG not in found.data.tags:
+            continue
+        try:
+            owner = json.loads(found.data.tags[OWNER_TAG])
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(owner, dict) or not owner_gone(owner):
+            continue
+        reason = (
+            f"its process (pid {owner.get('pid')} on {owner.get('host')}) ended without"
+            f" finishing it (killed?); marked FAILED by run {by_run}"
+        )
+        mlflow_client.set_tag(found.info.run_id, "tlops.failed_reason", reason)
+        mlflow_client.set_terminated(found.info.run_id, status="FAILED")
+        orphans.append(found.info.run_id)
+        logging.getLogger(__name__).warning("MLflow run %s: %s", found.info.run_id, reason)
+    return orphans
 
 
 def nest_run(run_id: str, parent_run_id: str, run_name: str, tags: dict[str, str]) -> None:

@@ -8,15 +8,21 @@ validation metric, and the better phase is kept.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import shutil
+import socket
+import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,7 @@ import numpy as np
 from tlops.config import PhaseConfig, RunConfig
 from tlops.inputs import SplitData, encode_labels, make_dataset
 from tlops.model import Classifier, count_params, freeze_base, unfreeze_all, unfreeze_top
+from tlops.paths import atomic_path
 
 CallbackFactory = Callable[[str, int], list[Any]]  # (phase, epoch offset) -> keras callbacks
 
@@ -68,17 +75,145 @@ class TrainResult:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write text beside the target and rename it into place."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write text to a uniquely named temporary beside the target and rename it into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _save_weights(model: Any, path: Path) -> None:
     """Save weights atomically (Keras needs the .weights.h5 suffix on the temporary too)."""
-    tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-    model.save_weights(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".tmp.weights.h5") as tmp, _h5py_finalizer_errors_dropped():
+        model.save_weights(str(tmp))
+
+
+@contextmanager
+def _h5py_finalizer_errors_dropped() -> Iterator[None]:
+    """While saving: h5py reports a failed write (a full disk) as the exception it raises and
+    again from its objects' finalizers ("Exception ignored in ... __dealloc__", tracebacks on
+    stderr, through both hooks); the raised one is kept, the finalizers' are dropped."""
+    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+    def unraisable(info: Any) -> None:
+        if "h5py" not in str(info.object):
+            unraisable_hook(info)
+
+    def printed(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or "h5py" not in tb.tb_frame.f_code.co_filename:
+            except_hook(kind, exc, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable, printed
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+
+
+class CheckpointLease:
+    """One run's exclusive hold on a checkpoint folder (an ``flock`` on ``<folder>/.lock``).
+
+    The kernel drops the lock when the holder exits, killed or not, so a folder whose lock is
+    free belongs to no live run: a later run of the same inputs takes it and resumes.
+    """
+
+    def __init__(self, folder: Path, fd: int) -> None:
+        self.folder = folder
+        self._fd = fd
+
+    def remove(self) -> None:
+        """Delete the folder (the run is done with it); the lock is still held meanwhile."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def release(self) -> None:
+        """Drop the lock (closing its file); the folder stays for a later run to resume."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+LOCK_FILE = ".lock"
+
+
+def _try_lock(folder: Path) -> CheckpointLease | None:
+    """Lock ``folder`` (created if needed) for this run, or None when a live run holds it."""
+    for _ in range(100):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # its holder removed it between mkdir and open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        # the holder before us may have removed the folder (this lock file with it) meanwhile
+        try:
+            current = (folder / LOCK_FILE).stat()
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            return CheckpointLease(folder, fd)
+        os.close(fd)
+    raise OSError(f"{folder}: could not lock the checkpoint folder (removed under us 100 times)")
+
+
+def _holder(folder: Path) -> str:
+    """Who holds a checkpoint folder, as its lock file says (host and pid)."""
+    try:
+        return (folder / LOCK_FILE).read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def checkpoint_folder(
+    root: Path, key: str, log: Callable[[str], None] = print
+) -> Iterator[CheckpointLease]:
+    """Hold the checkpoint folder of one training (``root/key``) for as long as the block runs.
+
+    A resumable folder is owned by one run at a time. When another live run of the same inputs
+    holds ``root/key``, this run does not wait for it: it trains in a folder of its own
+    (``root/key-2``, ``-3``...), never reading or deleting the other's epochs. Free folders
+    that hold a checkpoint state (a killed run's) are taken first, so a killed run is resumed
+    whichever folder it had.
+    """
+
+    def number(path: Path) -> int:
+        tail = path.name.removeprefix(f"{key}-")
+        return int(tail) if tail.isdigit() else 0
+
+    extra = sorted((p for p in root.glob(f"{key}-*") if number(p) >= 2), key=number)
+    existing = [root / key, *extra]
+    order = sorted(existing, key=lambda p: not (p / "state.json").is_file())
+    taken: list[Path] = []
+    lease = None
+    for folder in order:
+        lease = _try_lock(folder)
+        if lease is not None:
+            break
+        taken.append(folder)
+    n = max((number(p) for p in existing), default=0)
+    while lease is None:
+        n = max(n + 1, 2)
+        lease = _try_lock(root / f"{key}-{n}")
+    if taken:
+        busy = ", ".join(f"{p} (held by {_holder(p)})" for p in taken)
+        log(
+            f"checkpoints: {busy} in use by another run of the same inputs; this run trains in"
+            f" {lease.folder} and neither resumes nor deletes the other's epochs"
+        )
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 class Checkpoints:
@@ -179,10 +314,8 @@ def cached_features(
         )
         for name, data in splits.items()
     }
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")  # trials in parallel
-    np.savez(tmp, train=features["train"], val=features["val"])
-    tmp.replace(cache_file)
+    with atomic_path(cache_file, suffix=".tmp.npz") as tmp:  # a unique name: trials in parallel
+        np.savez(tmp, train=features["train"], val=features["val"])
     return features, False
 
 
