@@ -313,12 +313,18 @@ def _dereference(folder: Path) -> None:
     """Replace the symlinks of a staged folder by copies of their targets.
 
     DVC's ``cache.type: symlink`` checks files out as links into the DVC cache; the tlops
-    cache keeps its own bytes so that what was verified cannot change underneath it.
+    cache keeps its own bytes so that what was verified cannot change underneath it (hard
+    links are broken the same way, by a copy).
     """
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in (*dirnames, *filenames):
             path = Path(dirpath, name)
-            if path.is_symlink():
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                copy = path.with_name(f".{name}.copy")
+                shutil.copy2(path, copy)
+                copy.replace(path)
+            elif path.is_symlink():
                 try:
                     target = path.resolve(strict=True)
                 except (OSError, RuntimeError):
