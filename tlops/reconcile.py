@@ -9,6 +9,8 @@ promotion lock, first thing in every run of that model (and in ``tlops status``)
 1. an unsettled ledger intent whose alias points at its version: the move happened, and the
    version's gate evidence was tagged before the intent, so the promotion is rolled forward
    (intent confirmed, version complete, ``previous`` alias moved);
+   and a pending version of a stopped run that holds an alias whose last confirmed move went
+   to it (killed just before its ``complete`` tag) is completed the same way;
 2. an unsettled intent whose alias does not point at its version: the move never happened (or
    was undone); the intent is aborted;
 3. a ``pending`` version without a standing intent, whose process is gone: aborted;
@@ -109,12 +111,39 @@ def _settle_intents(
             )
 
 
+def _complete_confirmed(
+    name: str, entries: list[LedgerEntry], by_version: dict[str, VersionInfo],
+    previous_alias: str, actions: list[str],
+) -> None:  # fmt: skip
+    """Step 1 (its last step lost): a pending version of a stopped run that holds an alias whose
+    last confirmed move went to it is completed."""
+    for version, info in list(by_version.items()):
+        if registry.state_of(info) != "pending" or not info.aliases or not _abandoned(info):
+            continue
+        for alias in info.aliases:
+            moves = [e for e in entries if e.alias == alias and e.state == "confirmed"]
+            if not moves or moves[-1].to_version != version:
+                continue
+            registry.tag_version(name, version, {registry.STATE_TAG: "complete"})
+            by_version[version] = info.model_copy(
+                update={"tags": {**info.tags, registry.STATE_TAG: "complete"}}
+            )
+            actions.append(f"v{version} held @{alias} by a confirmed move: promotion completed")
+            before = moves[-1].from_version
+            if before and before in by_version and previous_alias and alias != previous_alias:
+                registry.move_alias(
+                    name, previous_alias, before, f"replaced by v{version} (reconciled)",
+                    moves[-1].flow_run_id, None,
+                )  # fmt: skip
+            break
+
+
 def _abort_pending(
     name: str, entries: list[LedgerEntry], by_version: dict[str, VersionInfo],
     actions: list[str],
 ) -> None:  # fmt: skip
-    """Step 3: pending versions with no standing intent whose process is gone are aborted."""
-    standing = {e.to_version for e in entries if e.state in ("intent", "confirmed")}
+    """Step 3: pending versions with no open intent whose process is gone are aborted."""
+    standing = {e.to_version for e in entries if e.state == "intent"}
     for version, info in list(by_version.items()):
         if registry.state_of(info) != "pending" or version in standing or not _abandoned(info):
             continue
@@ -218,6 +247,7 @@ def reconcile_locked(
     entries = registry.ledger(name)
     _settle_intents(name, entries, by_version, previous_alias, actions)
     entries = registry.ledger(name)
+    _complete_confirmed(name, entries, by_version, previous_alias, actions)
     _abort_pending(name, entries, by_version, actions)
     _restore_aliases(name, entries, by_version, actions)
     _delete_leftovers(name, entries, by_version, actions)

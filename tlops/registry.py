@@ -125,10 +125,29 @@ def _info(version: Any) -> VersionInfo:
 
 
 def versions(name: str) -> list[VersionInfo]:
-    """Every version of registered model ``name`` (none when the model does not exist)."""
+    """Every version of registered model ``name`` (none when the model does not exist), each
+    with its aliases (read from the registered model: a version search leaves them out)."""
+    from mlflow.exceptions import MlflowException
+
     with service(f"list the versions of {name}"):
-        found = client().search_model_versions(f"name='{name}'")
-    return sorted((_info(v) for v in found), key=lambda v: int(v.version))
+        mlflow_client = client()
+        found = mlflow_client.search_model_versions(f"name='{name}'")
+        if not found:
+            return []
+        try:
+            held = mlflow_client.get_registered_model(name).aliases or {}
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            held = {}
+    aliases: dict[str, list[str]] = {}
+    for alias, version in held.items():
+        aliases.setdefault(str(version), []).append(alias)
+    infos = (_info(v) for v in found)
+    return sorted(
+        (i.model_copy(update={"aliases": sorted(aliases.get(i.version, []))}) for i in infos),
+        key=lambda v: int(v.version),
+    )
 
 
 def version_by_alias(name: str, alias: str) -> VersionInfo | None:

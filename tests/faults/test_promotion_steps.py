@@ -161,6 +161,18 @@ def test_reconcile_settles_every_crash_shape(tracked: str, tmp_path: Path) -> No
     assert _aliases(name) == {"champion": moved.version, "previous": first}
     assert_consistent(name)
 
+    # killed after the ledger confirmation, before the version was tagged complete
+    confirmed = _pending(name, tmp_path, dead)
+    entry = registry.intend_move(name, "champion", confirmed.version, moved.version, "g", "f", None)
+    registry.set_alias(name, "champion", confirmed.version)
+    registry.write_ledger(name, entry.settle("confirmed"))
+    done = reconcile(name)
+    assert f"v{confirmed.version} held @champion by a confirmed move: promotion completed" in (
+        done.actions
+    )
+    assert _aliases(name) == {"champion": confirmed.version, "previous": moved.version}
+    assert_consistent(name)
+
     # a version an older tlops registered but never promoted (no state, no ledger entry)
     run_id, uri = _run_with_model(tmp_path)
     legacy = registry.register(name, run_id, uri, {"tlops.fingerprint": "x"}, "")
