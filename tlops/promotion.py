@@ -51,7 +51,7 @@ CARD_SECTIONS: dict[str, tuple[str, ...]] = {
                     "version.keras", "version.cuda", "version.jax", "prefect.flow_run_id"),
     "results": ("kept_phase", "metric.test_accuracy", "metric.test_macro_f1",
                 "metric.latency_ms_batch1", "metric.model_size_mb"),
-    "gate": ("gate.decision", "gate.reason", "gate.champion_compared"),
+    "gate": ("gate.decision", "gate.reason", "gate.champion_compared", "tlops.state"),
     "policy": ("policy.source", "policy.overrides", "policy.file", "policy.sha256"),
 }  # fmt: skip
 
