@@ -359,6 +359,20 @@ def log_keras_model(
 
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
-    """Mark the run FINISHED or FAILED."""
-    with service("finish the run"):
-        client().set_terminated(run_id, status=status)
+    """Mark the run FINISHED or FAILED.
+
+    MLflow then prints "View run ... at: <tracking URI>" to stdout; for a URI with
+    credentials that print is suppressed (the run summary names the server, redacted).
+    """
+    quiet = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    before = os.environ.get(quiet)
+    if shown_tracking_uri() != tracking_uri():
+        os.environ[quiet] = "true"
+    try:
+        with service("finish the run"):
+            client().set_terminated(run_id, status=status)
+    finally:
+        if before is None:
+            os.environ.pop(quiet, None)
+        else:
+            os.environ[quiet] = before
