@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
-from tlops.inputs import to_rgb
+from tlops.inputs import open_image, to_rgb
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -497,7 +497,7 @@ def _concatenate(
 
 def _thumbnail(file: Path, size: int) -> NDArray[np.uint8]:
     """The image at ``file`` as RGB uint8 pixels, scaled to fit ``size`` x ``size``."""
-    with Image.open(file) as opened:
+    with open_image(file) as opened:  # the contract's formats and pixel limit
         rgb = to_rgb(opened)
     scale = size / max(rgb.size)
     new_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))

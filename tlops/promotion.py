@@ -151,7 +151,7 @@ def measure_version(
             return Evidence(metrics={}, correct=[], classes=classes, fingerprint=fingerprint,
                             version=info.version)  # fmt: skip
         model = keras.models.load_model(keras_file, safe_mode=True)
-        images = load_images(test.paths, int(meta["image_size"]))
+        images = load_images(test.paths, int(meta["image_size"]), formats=test.formats)
         probs = probabilities(np.asarray(model.predict(images, verbose=0)), bool(meta["binary"]))
         scalars = ev.compute_metrics(test.labels, probs, classes, cfg.evaluate.top_k).scalars()
         scalars.update(_latency(model, images, cfg.train.batch_size, cfg.evaluate.latency_repeats))

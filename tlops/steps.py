@@ -117,7 +117,7 @@ def label_budget(data: SplitData, per_class: int | None) -> SplitData:
     keep = sorted(int(i) for rows in per for i in rows)
     return SplitData(
         paths=[data.paths[i] for i in keep], labels=data.labels[keep], classes=data.classes,
-        relpaths=[data.relpaths[i] for i in keep],
+        relpaths=[data.relpaths[i] for i in keep], formats=data.formats,
     )  # fmt: skip
 
 
@@ -255,7 +255,7 @@ def evaluate_model(
     if test.classes != trained.classes:
         test = _align(test, trained.classes)
     model = keras.models.load_model(trained.model_path, safe_mode=True)
-    images = load_images(test.paths, cfg.data.image_size)
+    images = load_images(test.paths, cfg.data.image_size, formats=test.formats)
     probs = probabilities(np.asarray(model.predict(images, verbose=0)), trained.binary)
     metrics = ev.compute_metrics(test.labels, probs, trained.classes, cfg.evaluate.top_k)
     plots = run_dir / "plots"
