@@ -541,9 +541,10 @@ def history(model_name: Annotated[str, typer.Argument(help="registered model nam
             typer.echo(f"{model_name}: no alias has moved yet")
         for e in entries:
             before = f"v{e.from_version}" if e.from_version else "(none)"
+            state = "" if e.state == "confirmed" else f"  [{e.state}]"
             typer.echo(
-                f"{e.when}  @{e.alias}: {before} -> v{e.to_version}  flow run {e.flow_run_id}"
-                f"  {e.why}"
+                f"{e.when}  @{e.alias}: {before} -> v{e.to_version}{state}  flow run"
+                f" {e.flow_run_id}  {e.why}"
             )
 
     _guard(body)
@@ -584,13 +585,22 @@ def status(
     model_name: Annotated[str, typer.Argument(help="registered model name")],
     last: Annotated[int, typer.Option("--last", min=1, help="how many recent runs")] = 5,
     alias: Annotated[str, typer.Option("--alias", help="the champion alias")] = "champion",
+    previous: Annotated[
+        str, typer.Option("--previous-alias", help="the previous champion's alias")
+    ] = "previous",
 ) -> None:
     """The champion, when it was promoted, what it was trained on, the last runs with their
-    verdicts, and the next scheduled run of its deployments (when the Prefect API has any)."""
+    verdicts, and the next scheduled run of its deployments (when the Prefect API has any).
+
+    First settles what a stopped run left half promoted (reconcile) and says what it did."""
 
     def body() -> None:
+        from tlops.promotion import lineage_card
+        from tlops.reconcile import try_reconcile
         from tlops.status import model_status, render_status
 
+        for line in try_reconcile(model_name, alias, previous, lineage_card).lines():
+            typer.echo(line)
         found = model_status(model_name, alias, last)
         typer.echo(redact_text(render_status(found, _schedule_lines(model_name))))
 
