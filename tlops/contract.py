@@ -116,9 +116,10 @@ def add_limit_columns(manifest: pd.DataFrame, config: ContractConfig) -> pd.Data
 def colliding_classes(classes: Iterable[str]) -> dict[str, list[str]]:
     """Class names that another one collides with -> the names it collides with.
 
-    Two names collide when their metric keys (:func:`tlops.evaluation.metric_key`) are equal,
-    when they are equal after Unicode normalization (NFKC) and case folding (``Cat``/``cat``,
-    ``café`` composed / decomposed), or when the metric keys of those folded forms are.
+    Two names collide when they are equal after Unicode normalization (NFKC) and case folding
+    (``Cat``/``cat``, ``café`` composed / decomposed, the ligature ``ﬁsh``/``fish``), or when
+    their metric keys (:func:`tlops.evaluation.metric_key`, one-to-one by construction) are.
+    Names in any script are fine as long as they stay distinct (``猫``/``狗``, ``кот``/``пёс``).
     """
     groups: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
     for name in set(classes):

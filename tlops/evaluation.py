@@ -17,6 +17,7 @@ importing this module stays cheap (they take seconds to import).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -116,14 +117,19 @@ class Metrics:
 
 
 def metric_key(class_name: str) -> str:
-    """A class name as it appears in metric keys: every character MLflow refuses in a metric
-    name (anything but ASCII letters, digits, ``_ - . /`` and space) becomes ``_``.
+    """A class name as it appears in metric keys, one-to-one: a name of only the characters
+    MLflow allows in a metric name (ASCII letters, digits, ``_ - . /`` and space) stays as it
+    is; any other name has each other character replaced by ``_`` and a short hash of the
+    whole name appended, so distinct names never share a key (``猫`` and ``狗`` would both
+    sanitize to ``_``).
 
-    ``café`` -> ``caf_``, ``cat:1`` -> ``cat_1``. The mapping is not one-to-one (``cat:1`` and
-    ``cat?1`` share ``cat_1``): two classes with the same key cannot both be measured, which is
-    why a dataset whose class names collide here must be refused before training.
+    ``cat`` -> ``cat``, ``café`` -> ``caf__<8 hex>``, ``cat:1`` -> ``cat_1_<8 hex>``.
     """
-    return _METRIC_NAME_UNSAFE.sub("_", class_name)
+    safe = _METRIC_NAME_UNSAFE.sub("_", class_name)
+    if safe == class_name:
+        return class_name
+    digest = hashlib.sha256(class_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe}_{digest}"
 
 
 def class_metric(stat: str, class_name: str, prefix: str = "test_") -> str:

@@ -67,10 +67,13 @@ def _abandoned(info: VersionInfo) -> bool:
     alive = registry.owner_alive(info.tags.get(registry.OWNER_TAG, ""))
     if alive is not None:
         return not alive
-    try:
-        started = float(info.tags.get(registry.STARTED_TAG, "0"))
-    except ValueError:
-        started = 0.0
+    if info.created_ms:  # the server's clock, not the (maybe skewed) promoting client's
+        started = info.created_ms / 1000
+    else:
+        try:
+            started = float(info.tags.get(registry.STARTED_TAG, "0"))
+        except ValueError:
+            started = 0.0
     return time.time() - started > _grace_s()
 
 
@@ -99,9 +102,10 @@ def _settle_intents(
                 f"@{entry.alias} had moved to v{entry.to_version} without its ledger"
                 " confirmation: promotion completed"
             )
-            if entry.from_version and entry.from_version in by_version and previous_alias:
+            before = entry.from_version
+            if before and before in by_version and previous_alias and entry.alias != previous_alias:
                 registry.move_alias(
-                    name, previous_alias, entry.from_version,
+                    name, previous_alias, before,
                     f"replaced by v{entry.to_version} (reconciled)", entry.flow_run_id, None,
                 )  # fmt: skip
         elif owner_gone or aborted:
@@ -180,6 +184,16 @@ def _restore_aliases(
             by_version[info.version] = info.model_copy(update={"aliases": []})
 
 
+def _still_deletable(name: str, version: str, state: str | None) -> bool:
+    """Re-read just before deleting (MLflow's delete also drops any alias on the version): the
+    version holds no alias, its state is unchanged and no entry other than an aborted one
+    moves an alias to it."""
+    fresh = {v.version: v for v in registry.versions(name)}.get(version)
+    if fresh is None or fresh.aliases or registry.state_of(fresh) != state:
+        return False
+    return all(e.state == "aborted" for e in registry.ledger(name) if e.to_version == version)
+
+
 def _delete_leftovers(
     name: str, entries: list[LedgerEntry], by_version: dict[str, VersionInfo],
     actions: list[str],
@@ -193,7 +207,7 @@ def _delete_leftovers(
         legacy_orphan = (
             state is None and "tlops.fingerprint" in info.tags and version not in moved_to
         )
-        if state == "aborted" or legacy_orphan:
+        if (state == "aborted" or legacy_orphan) and _still_deletable(name, version, state):
             registry.delete_version(name, version)
             del by_version[version]
             why = "aborted" if state == "aborted" else "registered but never promoted"

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tlops.errors import ConfigError, ServiceError
 from tlops.redact import redact_text, redact_url
@@ -57,6 +56,7 @@ class VersionInfo(BaseModel):
     tags: dict[str, str]
     description: str
     aliases: list[str]
+    created_ms: int = 0
 
 
 class LedgerEntry(BaseModel):
@@ -87,22 +87,25 @@ def _now() -> str:
 
 
 def owner() -> str:
-    """``host:pid`` of this process (who a pending version belongs to)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process as the owner of a pending version: JSON of host, boot, pid namespace, pid
+    and process start (the same identity as a run's ``tlops.owner``)."""
+    from tlops.tracking import process_owner
+
+    return json.dumps(process_owner(), sort_keys=True)
 
 
 def owner_alive(tag: str) -> bool | None:
-    """Whether the ``host:pid`` owner of a pending version still runs: None on another host."""
-    host, _, pid = tag.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
+    """Whether the owner of a pending version still runs: None when that cannot be known here
+    (another host, boot or pid namespace, or an unreadable tag)."""
+    from tlops.tracking import owner_gone, same_machine
+
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        found = json.loads(tag)
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or not same_machine(found):
+        return None
+    return not owner_gone({str(k): str(v) for k, v in found.items()})
 
 
 def state_of(info: VersionInfo) -> VersionState | None:
@@ -121,6 +124,7 @@ def _info(version: Any) -> VersionInfo:
         tags=dict(version.tags or {}),
         description=version.description or "",
         aliases=list(getattr(version, "aliases", []) or []),
+        created_ms=int(getattr(version, "creation_timestamp", 0) or 0),
     )
 
 
@@ -342,8 +346,14 @@ def ledger(name: str) -> list[LedgerEntry]:
                 raise ConfigError(f"no registered model named {name!r}") from None
             raise
     tags = model.tags or {}
-    keys = sorted(k for k in tags if k.startswith(LEDGER_PREFIX))
-    return [LedgerEntry.model_validate_json(tags[k]).model_copy(update={"key": k}) for k in keys]
+    entries = []
+    for key in sorted(k for k in tags if k.startswith(LEDGER_PREFIX)):
+        try:
+            entry = LedgerEntry.model_validate_json(tags[key])
+            entries.append(entry.model_copy(update={"key": key}))
+        except ValidationError:
+            continue  # not an entry tlops wrote (hand-edited or cut): never fatal for a run
+    return entries
 
 
 @contextmanager

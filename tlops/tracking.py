@@ -139,6 +139,18 @@ def _owner() -> dict[str, str]:
     return {**_machine(), "pid": str(pid), "start": _process_start(pid)}
 
 
+def process_owner() -> dict[str, str]:
+    """This process's identity (host, boot, pid namespace, pid, start), for owner tags."""
+    return _owner()
+
+
+def same_machine(owner: dict[str, Any]) -> bool:
+    """Whether an owner identity is of this host, boot and pid namespace (its pid checkable)."""
+    here = _machine()
+    keys = ("host", "boot", "pidns")
+    return bool(here["boot"]) and all(str(owner.get(k)) == here[k] for k in keys)
+
+
 def owner_gone(owner: dict[str, str]) -> bool:
     """Whether the process that opened a run has certainly ended.
 

@@ -130,10 +130,10 @@ def _pending(name: str, tmp_path: Path, owner: str) -> registry.VersionInfo:
 
 
 def _dead_owner() -> str:
-    """``host:pid`` of a process that has exited."""
+    """The owner tag of a process of this machine that has exited."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
-    return f"{registry.owner().rpartition(':')[0]}:{done.stdout.strip()}"
+    return json.dumps({**json.loads(registry.owner()), "pid": done.stdout.strip(), "start": ""})
 
 
 def test_reconcile_settles_every_crash_shape(tracked: str, tmp_path: Path) -> None:
