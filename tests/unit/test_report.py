@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlops.config import GateConfig
+from tlops.evaluation import class_metric
 from tlops.gate import Evidence, decide
 from tlops.report import newly_misclassified, render, write_report
 
@@ -65,7 +66,7 @@ def test_pipes_and_newlines_in_names_cannot_forge_table_rows() -> None:
         {"path": "test/c|d/b\n| forged | row |.png", "true": "c|d", "predicted": "x"},
         {"path": "test/x/`c`.png", "true": "x", "predicted": "x"},
     ]
-    per_class = {f"test_{m}_{c}": 0.5 for m in ("recall", "precision") for c in ("c_d", "x")}
+    per_class = {class_metric(m, c): 0.5 for m in ("recall", "precision") for c in classes}
     metrics = {"test_accuracy": 0.6, **per_class}
     candidate = Evidence(metrics=metrics, correct=[True, False, True], classes=classes)
     champion = Evidence(metrics=metrics, correct=[True, True, True], classes=classes, version="1")
