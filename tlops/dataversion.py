@@ -249,9 +249,23 @@ def _link_problem(link: Path, root: Path, allowed: tuple[Path, ...]) -> str | No
         return "link loop"
     if target.is_dir() and _within(link.parent.resolve(), target):
         return "link loop: points to a folder that contains it"
-    if not any(_within(target, base) for base in (root, *allowed)):
-        return "points outside the data folder"
-    return None
+    if _within(target, root):
+        return None
+    if any(_within(target, base) and _cache_object(target, base) for base in allowed):
+        return None
+    return "points outside the data folder"
+
+
+#: A DVC cache object, relative to the cache folder: ``files/md5/ab/<30 hex>`` (DVC 3) or
+#: ``ab/<30 hex>`` (DVC 2); the name is the md5 of the content, checked against the pointer.
+_CACHE_OBJECT = re.compile(r"(files/md5/)?[0-9a-f]{2}/[0-9a-f]{30}")
+
+
+def _cache_object(target: Path, cache: Path) -> bool:
+    """Whether ``target`` is a file with the path of a DVC cache object under ``cache``: a
+    committed ``cache.dir`` (even ``/``) never lets a link reach any other file."""
+    relative = target.relative_to(cache).as_posix()
+    return target.is_file() and _CACHE_OBJECT.fullmatch(relative) is not None
 
 
 def check_links(source: Path, allowed: tuple[Path, ...] = ()) -> None:

@@ -199,6 +199,24 @@ def test_outward_and_broken_links_fail_the_contract_before_copying(
     assert "test/cat/loop (link loop" in message
 
 
+def test_a_committed_cache_dir_does_not_open_the_door_to_outward_links(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A review found that links into the DVC cache folder were accepted whatever they pointed
+    at, and the cache folder comes from the committed .dvc/config (``cache.dir: /`` would let
+    every outward link in). Only links to DVC cache objects are DVC's own."""
+    version = resolve_data(DataConfig(repo=repo))
+    dvc("config", "cache.dir", "/", cwd=repo)
+    victim = sorted((repo / "data" / "train" / "dog").iterdir())[0]
+    outside = tmp_path / "outside.png"
+    shutil.copy(victim, outside)
+    victim.unlink()
+    victim.symlink_to(outside)
+    assert dir_md5(repo / "data")[0] == version.md5  # the tree still matches its pointer
+    with pytest.raises(ContractFailedError, match="points outside the data folder"):
+        resolve_data(DataConfig(repo=repo))
+
+
 # -- through the real CLI and Prefect flow ---------------------------------------------------
 
 
