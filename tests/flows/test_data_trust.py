@@ -161,6 +161,17 @@ def test_cache_without_a_marker_is_verified_before_use(repo: Path, tmp_path: Pat
 # -- item 8: links are checked in the source, before anything is copied --------------------
 
 
+def link_outward(repo: Path, tmp_path: Path) -> Path:
+    """Replace the first dog image by a link to an identical copy outside the data folder (the
+    tree still matches its pointer); returns the link."""
+    victim = sorted((repo / "data" / "train" / "dog").iterdir())[0]
+    outside = tmp_path / "outside.png"
+    shutil.copy(victim, outside)
+    victim.unlink()
+    victim.symlink_to(outside)
+    return victim
+
+
 def test_outward_and_broken_links_fail_the_contract_before_copying(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -176,11 +187,7 @@ def test_outward_and_broken_links_fail_the_contract_before_copying(
     dvc("checkout", "-q", "--relink", cwd=repo)
 
     # a file replaced by a link to an identical copy outside: the tree still matches its pointer
-    victim = sorted((repo / "data" / "train" / "dog").iterdir())[0]
-    outside = tmp_path / "outside.png"
-    shutil.copy(victim, outside)
-    victim.unlink()
-    victim.symlink_to(outside)
+    victim = link_outward(repo, tmp_path)
     assert dir_md5(repo / "data")[0] == version.md5
     with pytest.raises(ContractFailedError) as caught:
         resolve_data(DataConfig(repo=repo))
@@ -207,11 +214,7 @@ def test_a_committed_cache_dir_does_not_open_the_door_to_outward_links(
     every outward link in). Only links to DVC cache objects are DVC's own."""
     version = resolve_data(DataConfig(repo=repo))
     dvc("config", "cache.dir", "/", cwd=repo)
-    victim = sorted((repo / "data" / "train" / "dog").iterdir())[0]
-    outside = tmp_path / "outside.png"
-    shutil.copy(victim, outside)
-    victim.unlink()
-    victim.symlink_to(outside)
+    link_outward(repo, tmp_path)
     assert dir_md5(repo / "data")[0] == version.md5  # the tree still matches its pointer
     with pytest.raises(ContractFailedError, match="points outside the data folder"):
         resolve_data(DataConfig(repo=repo))
