@@ -30,10 +30,11 @@ demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, r
 test: setup  ## the whole test suite (unit + flows with real services)
 	$(BIN)/pytest -q
 
-check: setup  ## ruff (lint + format) and mypy
+check: setup  ## ruff (lint + format), mypy and the import contracts (layers)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff check --fix .

@@ -6,7 +6,7 @@ only keras, numpy, pandas, pyarrow, pydantic, pyyaml, Pillow, scikit-learn and m
 MLflow, Prefect, DVC, GX or TensorFlow), and the shared assets (MobileNetV2 ImageNet weights,
 flowers128), from ``$TLOPS_ASSETS`` (default ``<repo>/../shared/assets``).
 
-For each variant (precision x XLA), it runs the real ``tlops.steps.train_model`` and
+For each variant (precision x XLA), it runs the real ``tlops.jobs.train.train_model`` and
 ``evaluate_model`` (fine_tune strategy: frozen phase on cached features, then the top of
 MobileNetV2 unfrozen at a lower learning rate) on a stratified 65/15/20 split of flowers128,
 and prints one JSON document: device, backend, per-phase images/s and seconds, kept phase,
@@ -27,10 +27,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tlops.adapters.dvc import dir_md5  # noqa: E402
 from tlops.config import RunConfig, SplitConfig  # noqa: E402
-from tlops.dataversion import DataVersion, dir_md5  # noqa: E402
-from tlops.inputs import read_split  # noqa: E402
-from tlops.validation import build_manifest  # noqa: E402
+from tlops.data.inputs import read_split  # noqa: E402
+from tlops.data.version import DataVersion  # noqa: E402
+from tlops.jobs.validate import build_manifest  # noqa: E402
 
 WEIGHTS_FILE = Path("weights") / "mobilenet_v2_1.0_224_no_top.h5"
 FLOWERS = Path("datasets") / "flowers128"
@@ -65,7 +66,7 @@ def one_variant(
     name: str, args: argparse.Namespace, weights: Path, folder: Path, tmp: Path, info: Any
 ) -> dict[str, Any]:
     """Train and evaluate one variant in its own TLOPS_HOME / TLOPS_CACHE."""
-    from tlops.steps import evaluate_model, train_model
+    from tlops.jobs.train import evaluate_model, train_model
 
     cfg = run_config(args, weights, VARIANTS[name])
     md5, nfiles, nbytes = dir_md5(folder)
@@ -119,7 +120,7 @@ def main() -> None:
         return
     import keras
 
-    from tlops.runtime import _gpu_names, _versions
+    from tlops.model.runtime import _gpu_names, _versions
 
     report: dict[str, Any] = {
         "backend": keras.backend.backend(),

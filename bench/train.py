@@ -10,7 +10,7 @@ Sections (``--only SECTION`` runs one; repeatable):
 - ``end_to_end_overhead``: the real ``tlops train configs/demo.yaml`` as a subprocess; wall time
   minus the fit seconds of its ``training.json``, with a timeline from Prefect's log and the
   import times of the heavy packages.
-- ``accuracy``: test accuracy of ``tlops.steps.train_model`` + ``evaluate_model`` (fine_tune
+- ``accuracy``: test accuracy of ``tlops.jobs.train.train_model`` + ``evaluate_model`` (fine_tune
   strategy) on a held-out stratified 20% of flowers128 and facemask256, next to a logistic
   regression probe on the frozen, average-pooled features of the same split.
 
@@ -45,12 +45,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tlops.adapters.dvc import dir_md5
 from tlops.backbones import get_spec
 from tlops.config import RunConfig, SplitConfig
-from tlops.dataversion import DataVersion, dir_md5
-from tlops.inputs import SplitData, encode_labels, load_images, make_dataset, read_split
-from tlops.manifest import manifest_digest
-from tlops.validation import ManifestInfo, build_manifest
+from tlops.data.inputs import SplitData, encode_labels, load_images, make_dataset, read_split
+from tlops.data.manifest import manifest_digest
+from tlops.data.version import DataVersion
+from tlops.jobs.validate import ManifestInfo, build_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS: tuple[str, ...] = ("feature_cache", "input_pipeline", "end_to_end_overhead", "accuracy")
@@ -182,7 +183,7 @@ def counts(data: SplitData) -> dict[str, int]:
 def build(size: int, num_classes: int, weights: Path) -> Any:
     """The tlops classifier on MobileNetV2 (alpha 1.0, the assets' ImageNet weights)."""
     from tlops.config import AugmentConfig, HeadConfig
-    from tlops.model import build_base, build_classifier
+    from tlops.model.classifier import build_base, build_classifier
 
     spec = get_spec(BACKBONE)
     base = build_base(spec, size, str(weights), 1.0)
@@ -249,8 +250,8 @@ def feature_cache(settings: Settings, assets: Path) -> Json:
     section_start = time.perf_counter()
     import keras
 
-    from tlops.model import freeze_base
-    from tlops.training import _compile, cached_features
+    from tlops.model.classifier import freeze_base
+    from tlops.model.training import _compile, cached_features
 
     size, batch, epochs = settings.cache_size, settings.batch_size, settings.cache_epochs
     # test_fraction must be > 0: its ~1% joins train, giving a stratified 80/20 train/val
@@ -363,8 +364,8 @@ def consumption(settings: Settings, weights: Path, sample: SplitData) -> Json:
     """Images/s of ``clf.model.train_on_batch`` with the base frozen and with its top unfrozen."""
     import keras
 
-    from tlops.model import freeze_base, unfreeze_top
-    from tlops.training import _compile
+    from tlops.model.classifier import freeze_base, unfreeze_top
+    from tlops.model.training import _compile
 
     size, batch = settings.cache_size, settings.batch_size
     cfg = run_config(size, batch, 1, 1, weights)
@@ -442,7 +443,8 @@ def input_pipeline(settings: Settings, assets: Path) -> Json:
             "image_size": size,
             "batch_size": batch,
             "split": "train part of a stratified 80/20 split",
-            "pipeline": "tlops.inputs.make_dataset(shuffle=True): Pillow decode in tf.data map "
+            "pipeline": "tlops.data.inputs.make_dataset(shuffle=True): Pillow decode in tf.data "
+            "map "
             "(AUTOTUNE), in-memory cache, shuffle, batch, prefetch; iterated in Python",
             "consumer": f"{BACKBONE} alpha 1.0 classifier, train_on_batch on one in-memory batch "
             "of real images (5-class head); frozen = base frozen, fine_tune = top unfrozen "
@@ -648,7 +650,7 @@ Goal = Callable[[float, float], tuple[bool, str]]  # (tlops accuracy, best probe
 
 def accuracy_one(settings: Settings, name: str, folder: Path, weights: Path, goal: Goal) -> Json:
     """Probe and tlops fine_tune training on one dataset, same held-out 20% test split."""
-    from tlops.steps import evaluate_model, train_model
+    from tlops.jobs.train import evaluate_model, train_model
 
     start = time.perf_counter()
     size = settings.accuracy_size

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tlops.config import ContractConfig, SplitConfig
-from tlops.validation import build_manifest, check_contract
+from tlops.jobs.validate import build_manifest, check_contract
 
 
 def generate(root: Path, n: int, classes: int = 10, size: int = 48) -> None:

@@ -21,8 +21,8 @@ import typer
 
 from tlops.config import RunConfig, load_config
 from tlops.errors import ConfigError, ServiceError, TlopsError
+from tlops.jobs.policy import PolicyOrigin, policy_origin, refuse_policy_overrides
 from tlops.paths import storage_error
-from tlops.policy import PolicyOrigin, policy_origin, refuse_policy_overrides
 from tlops.redact import redact_text
 
 app = typer.Typer(
@@ -218,7 +218,7 @@ def sample(
     ] = False,
 ) -> None:
     """Write the embedded sample dataset (offline, deterministic) into OUT."""
-    from tlops.sample import write_sample
+    from tlops.data.sample import write_sample
 
     if if_missing and out.exists():
         typer.echo(f"{out} exists; leaving it as it is")
@@ -238,7 +238,12 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     # never MLflow: the main thread imports it at once (the "nothing changed" check), and two
     # threads importing its protobuf modules together fail ("Couldn't build proto file into
     # descriptor pool: Depends on file 'databricks.proto'"), seen in CI
-    "train_flow": (*_DATA_STAGES, "tlops.model", "tlops.training", "tlops.evaluation"),
+    "train_flow": (
+        *_DATA_STAGES,
+        "tlops.model.classifier",
+        "tlops.model.training",
+        "tlops.model.metrics",
+    ),
 }
 
 
@@ -338,7 +343,7 @@ def _run_flow(
     """Load the config, run a flow (imported only now: Prefect is slow to import), summarize.
 
     In CI mode the train flow's run is tagged ``tlops.trigger=ci``, an override of the
-    promotion policy is refused (exit 2, see :mod:`tlops.policy`), and the full report is
+    promotion policy is refused (exit 2, see :mod:`tlops.jobs.policy`), and the full report is
     written even when the run fails (then it names the failure and the exit code). ``fixed``
     are the command's own overrides (``pretrain``'s ``registry.kind``), not the caller's.
     """
@@ -452,14 +457,14 @@ def sweep(
     parent run; only the trial with the best validation score is gated and registered."""
 
     def body() -> None:
-        from tlops.sweep import expand_grid, parse_grid
+        from tlops.jobs.sweep import expand_grid, parse_grid
 
         if address and workers is not None:
             raise ConfigError("--workers sizes the local cluster; drop it with --address")
         cfg = _load(config, set_, data_rev, allow_dirty)
         spec = parse_grid(grid)
         expand_grid(cfg, spec)  # every grid point is validated before anything starts
-        if ci_mode(False):  # (a grid cannot vary the policy: tlops.sweep.FIXED_KEYS)
+        if ci_mode(False):  # (a grid cannot vary the policy: tlops.jobs.sweep.FIXED_KEYS)
             refuse_policy_overrides(set_ or [], cfg, "a CI run")
         policy = policy_origin(config, set_ or [], cfg)
         _note_override(policy)
@@ -486,14 +491,14 @@ def reproduce(model_uri: ModelUriArg) -> None:
     def body() -> None:
         import tempfile
 
-        from tlops.promotion import reproduction_config, reproduction_report
-        from tlops.registry import resolve
+        from tlops.adapters.registry import resolve
+        from tlops.jobs.reproduce import reproduction_config, reproduction_report
 
         info = resolve(model_uri)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = reproduction_config(info, Path(tmp))
         outcome = _flow("flows.train", "train_flow")(cfg, force=True)
-        from tlops.tracking import set_tags
+        from tlops.adapters.tracking import set_tags
 
         set_tags(outcome.run_id, {"tlops.reproduces": f"models:/{info.name}/{info.version}"})
         _publish_summary(reproduction_report(info, outcome.evaluated.metrics, outcome.run_id))
@@ -509,7 +514,7 @@ def compare(
     """Compare the latest finished run of experiments on one metric (the first is the reference)."""
 
     def body() -> None:
-        from tlops.tracking import latest_run
+        from tlops.adapters.tracking import latest_run
 
         rows = [(name, latest_run(name)) for name in experiments]
         missing = [name for name, run in rows if run is None]
@@ -534,7 +539,7 @@ def history(model_name: Annotated[str, typer.Argument(help="registered model nam
     """Print the promotion ledger of a registered model: every alias move, oldest first."""
 
     def body() -> None:
-        from tlops.registry import ledger
+        from tlops.adapters.registry import ledger
 
         entries = ledger(model_name)
         if not entries:
@@ -595,9 +600,9 @@ def status(
     First settles what a stopped run left half promoted (reconcile) and says what it did."""
 
     def body() -> None:
-        from tlops.promotion import lineage_card
-        from tlops.reconcile import try_reconcile
-        from tlops.status import model_status, render_status
+        from tlops.jobs.lineage import lineage_card
+        from tlops.jobs.reconcile import try_reconcile
+        from tlops.jobs.status import model_status, render_status
 
         for line in try_reconcile(model_name, alias, previous, lineage_card).lines():
             typer.echo(line)
@@ -633,8 +638,8 @@ def lineage(model_uri: ModelUriArg) -> None:
     """Print the lineage card of a registered version: data, backbone, config, code, gate."""
 
     def body() -> None:
-        from tlops.promotion import lineage_card
-        from tlops.registry import resolve
+        from tlops.adapters.registry import resolve
+        from tlops.jobs.lineage import lineage_card
 
         typer.echo(redact_text(lineage_card(resolve(model_uri))))
 
@@ -653,12 +658,12 @@ def predict(
     """Predict the top-k classes of images with a registered model (unreadable files reported)."""
 
     def body() -> None:
-        from tlops.registry import parse_model_uri
+        from tlops.adapters.registry import parse_model_uri
 
         if output.lower() not in {"table", "json", "csv"}:
             raise ConfigError(f"--format {output!r}: must be table, json or csv")
         parse_model_uri(model_uri)  # a malformed URI fails before Keras is imported
-        from tlops.predict import format_predictions, predict_files
+        from tlops.jobs.predict import format_predictions, predict_files
 
         rows = predict_files(model_uri, paths, top_k)
         typer.echo(format_predictions(rows, output.lower()))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tlops.config import load_config
 from tlops.errors import ConfigError, ServiceError
-from tlops.policy import refuse_policy_overrides
+from tlops.jobs.policy import refuse_policy_overrides
 
 MODEL_TAG = "tlops-model:"
 

@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from flows.train import TrainOutcome, Unchanged, train_flow
 from tlops.errors import GateRejectedError
-from tlops.policy import load_deployed_config
+from tlops.jobs.policy import load_deployed_config
 
 #: Prefect's scheduler tags the flow runs it creates with this.
 AUTO_SCHEDULED = "auto-scheduled"
@@ -35,7 +35,7 @@ def retrain_flow(
     Anyone who can reach the Prefect API can set these parameters, so ``overrides`` may not
     touch the gate / registry policy and ``config_path`` must stay in the project: either
     fails the flow run with a :class:`~tlops.errors.ConfigError` naming the key, before
-    anything runs (:func:`tlops.policy.load_deployed_config`). A rejected candidate or failed
+    anything runs (:func:`tlops.jobs.policy.load_deployed_config`). A rejected candidate or failed
     stage fails this flow run, so the Prefect UI and its notifications show it; "nothing
     changed" and a promotion complete it.
     """

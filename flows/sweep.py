@@ -18,16 +18,17 @@ from prefect_dask.task_runners import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
-from tasks.registry import gate_task, register_task
+from tasks.gate import gate_task
+from tasks.register import register_task
 from tasks.sweep import finish_sweep_task, nest_trial_task, start_sweep_task, trial_task
 from tasks.train import fail_tracking_task, start_tracking_task
+from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
+from tlops.decision.gate import Verdict
 from tlops.errors import ConfigError
-from tlops.gate import Verdict
-from tlops.paths import run_dir
-from tlops.policy import PolicyOrigin
-from tlops.promotion import PromotionResult
-from tlops.sweep import (
+from tlops.jobs.policy import PolicyOrigin
+from tlops.jobs.register import PromotionResult
+from tlops.jobs.sweep import (
     Grid,
     Trial,
     TrialResult,
@@ -38,8 +39,8 @@ from tlops.sweep import (
     trial_failure,
     worker_environment,
 )
-from tlops.tracking import shown_tracking_uri
-from tlops.validation import ValidationOutcome
+from tlops.jobs.validate import ValidationOutcome
+from tlops.paths import run_dir
 
 
 class SweepOutcome(BaseModel):
@@ -129,7 +130,7 @@ def sweep_flow(
 
     A failed trial fails the sweep once the others have ended: no gate on part of a grid.
     ``cluster`` only says where the trials ran (a parent run tag); ``policy`` is where the
-    gate / registry policy came from (tagged on every trial's run, see :mod:`tlops.policy`).
+    gate / registry policy came from (tagged on every trial's run, see :mod:`tlops.jobs.policy`).
     """
     flow_run_id = str(flow_run.get_id() or "local")
     trials = expand_grid(config, grid)

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
 from tasks.data import resolve_data_task
-from tasks.registry import gate_task, reconcile_task, register_task, unchanged_task
+from tasks.gate import gate_task, unchanged_task
+from tasks.register import reconcile_task, register_task
 from tasks.train import (
     evaluate_task,
     fail_tracking_task,
@@ -16,15 +17,15 @@ from tasks.train import (
     start_tracking_task,
     train_task,
 )
+from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
-from tlops.gate import Verdict
+from tlops.decision.gate import Verdict
+from tlops.decision.report import REPORT_FILE
+from tlops.jobs.policy import PolicyOrigin
+from tlops.jobs.register import PromotionResult
+from tlops.jobs.train import EvalSummary, TrainSummary
+from tlops.jobs.validate import ValidationOutcome
 from tlops.paths import run_dir
-from tlops.policy import PolicyOrigin
-from tlops.promotion import PromotionResult
-from tlops.report import REPORT_FILE
-from tlops.steps import EvalSummary, TrainSummary
-from tlops.tracking import shown_tracking_uri
-from tlops.validation import ValidationOutcome
 
 
 class TrainOutcome(BaseModel):
@@ -106,7 +107,7 @@ def train_flow(
     When the data md5, config and code match the champion's lineage the flow stops after
     resolving the data ("nothing changed"), unless ``force``. ``trigger`` (schedule, ci or
     manual) and where the gate / registry policy came from (``policy``, see
-    :mod:`tlops.policy`; None: unknown) are tagged on the MLflow run, and so on its version.
+    :mod:`tlops.jobs.policy`; None: unknown) are tagged on the MLflow run, and so on its version.
     """
     flow_run_id = str(flow_run.get_id() or "local")
     out_dir = str(run_dir(flow_run_id))

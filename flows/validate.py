@@ -8,10 +8,10 @@ from prefect.runtime import flow_run
 from tasks.data import resolve_data_task
 from tasks.validate import build_manifest_task, check_contract_task
 from tlops.config import RunConfig
-from tlops.dataversion import DataVersion
+from tlops.data.version import DataVersion
 from tlops.errors import ContractFailedError
+from tlops.jobs.validate import ValidationOutcome
 from tlops.paths import run_dir
-from tlops.validation import ValidationOutcome
 
 
 @flow(name="tlops-validate")

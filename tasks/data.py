@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tlops.adapters.dvc import resolve_data
 from tlops.config import DataConfig
-from tlops.dataversion import DataVersion, resolve_data
+from tlops.data.version import DataVersion
 
 
 @task(name="resolve-data", cache_policy=NO_CACHE)

@@ -9,12 +9,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.train import evaluate_task, record_task, train_task
-from tlops import sweep, tracking
+from tlops.adapters import tracking
 from tlops.config import RunConfig
-from tlops.dataversion import DataVersion
-from tlops.promotion import PromotionResult
-from tlops.steps import run_tags
-from tlops.validation import ManifestInfo
+from tlops.data.version import DataVersion
+from tlops.jobs import sweep
+from tlops.jobs.register import PromotionResult
+from tlops.jobs.train import run_tags
+from tlops.jobs.validate import ManifestInfo
 
 
 @task(name="start-sweep", cache_policy=NO_CACHE)
@@ -52,7 +53,7 @@ def trial_task(
     """Train, evaluate and record one grid point into its MLflow run: stages 4-5 of the train
     flow, as its tasks (nested task runs), in one Dask worker process.
 
-    ``environment`` is the flow's (:func:`tlops.sweep.worker_environment`): a worker that logs
+    ``environment`` is the flow's (:func:`tlops.jobs.sweep.worker_environment`): a worker that logs
     elsewhere fails here, before training.
     """
     sweep.check_worker_environment(environment)

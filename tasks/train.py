@@ -7,11 +7,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tlops import tracking
+from tlops.adapters import tracking
 from tlops.config import RunConfig
-from tlops.dataversion import DataVersion
-from tlops.policy import PolicyOrigin
-from tlops.steps import (
+from tlops.data.version import DataVersion
+from tlops.jobs.policy import PolicyOrigin
+from tlops.jobs.train import (
     EvalSummary,
     TrainSummary,
     evaluate_model,
@@ -19,7 +19,7 @@ from tlops.steps import (
     run_tags,
     train_model,
 )
-from tlops.validation import ManifestInfo
+from tlops.jobs.validate import ManifestInfo
 
 
 @task(name="start-tracking", cache_policy=NO_CACHE)

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tlops.config import ContractConfig, SplitConfig
-from tlops.dataversion import DataVersion
-from tlops.validation import ContractVerdict, ManifestInfo, build_manifest, check_contract
+from tlops.data.version import DataVersion
+from tlops.jobs.validate import ContractVerdict, ManifestInfo, build_manifest, check_contract
 
 
 @task(name="build-manifest", cache_policy=NO_CACHE)

@@ -70,3 +70,11 @@ def storage_error(exc: BaseException) -> ServiceError | None:
     code = errno.errorcode.get(exc.errno, str(exc.errno))
     text = os.strerror(exc.errno)  # (a library's own strerror can span lines)
     return ServiceError(f"storage failed: {where or '(path not reported)'}: {text} ({code})")
+
+
+def default_cache_root() -> Path:
+    """``$TLOPS_CACHE``, else ``$XDG_CACHE_HOME/tlops``, else ``~/.cache/tlops``."""
+    if env := os.environ.get("TLOPS_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tlops"

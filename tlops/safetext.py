@@ -10,6 +10,7 @@ line of valid UTF-8 (reversibly: backslashes are escaped too), and :func:`md_cel
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -79,3 +80,32 @@ def md_code(text: object) -> str:
     fence = "`" * (longest + 1)
     pad = " " if shown.startswith("`") or shown.endswith("`") else ""
     return f"{fence}{pad}{shown}{pad}{fence}"
+
+
+_METRIC_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")  # characters MLflow refuses in a key
+
+
+def metric_key(class_name: str) -> str:
+    """A class name as it appears in metric keys, one-to-one: a name of only the characters
+    MLflow allows in a metric name (ASCII letters, digits, ``_ - . /`` and space) stays as it
+    is; any other name has each other character replaced by ``_`` and a short hash of the
+    whole name appended, so distinct names never share a key (``猫`` and ``狗`` would both
+    sanitize to ``_``).
+
+    ``cat`` -> ``cat``, ``café`` -> ``caf__<8 hex>``, ``cat:1`` -> ``cat_1_<8 hex>``.
+    """
+    safe = _METRIC_NAME_UNSAFE.sub("_", class_name)
+    if safe == class_name:
+        return class_name
+    digest = hashlib.sha256(class_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{safe}_{digest}"
+
+
+def class_metric(stat: str, class_name: str, prefix: str = "test_") -> str:
+    """The one key of a per-class metric, e.g. ``class_metric("recall", "café")`` ->
+    ``test_recall_caf_``.
+
+    Used where the metrics are written (:meth:`Metrics.scalars`) and wherever they are read
+    (the gate's per-class rules, the report), so writer and readers can never disagree.
+    """
+    return f"{prefix}{stat}_{metric_key(class_name)}"

@@ -13,8 +13,8 @@ import pytest
 from conftest import SMOKE, write_shapes
 
 from tlops.config import load_config
-from tlops.dataversion import DataVersion
-from tlops.validation import ManifestInfo, build_manifest
+from tlops.data.version import DataVersion
+from tlops.jobs.validate import ManifestInfo, build_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("train_worker.py")
@@ -86,7 +86,7 @@ def test_two_concurrent_identical_runs_train_in_their_own_folders(tmp_path: Path
 HOLDER = """
 import sys, time
 from pathlib import Path
-from tlops.training import checkpoint_folder
+from tlops.model.training import checkpoint_folder
 with checkpoint_folder(Path(sys.argv[1]), "key") as lease:
     (lease.folder / "state.json").write_text("{}")
     print(lease.folder, flush=True)
@@ -96,7 +96,7 @@ with checkpoint_folder(Path(sys.argv[1]), "key") as lease:
 
 def test_a_killed_holder_frees_its_folder_for_the_next_run(tmp_path: Path) -> None:
     """A live holder's folder is never handed out; once it is killed, the next run resumes it."""
-    from tlops.training import checkpoint_folder
+    from tlops.model.training import checkpoint_folder
 
     root = tmp_path / "checkpoints"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

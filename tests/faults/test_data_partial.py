@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import commit_data, init_repo, write_images
 
+from tlops.adapters.dvc import dir_md5, resolve_data
 from tlops.config import DataConfig
-from tlops.dataversion import dir_md5, resolve_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

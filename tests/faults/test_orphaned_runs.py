@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 OPENER = """
 import sys, time
-from tlops import tracking
+from tlops.adapters import tracking
 print(tracking.start_run("orphans", sys.argv[1], {"p": "1"}, {}), flush=True)
 time.sleep(600)
 """
@@ -37,7 +37,7 @@ def test_the_next_run_fails_runs_of_killed_processes_only(
 ) -> None:
     from mlflow import MlflowClient
 
-    from tlops import tracking
+    from tlops.adapters import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -14,7 +14,7 @@ import pytest
 from conftest import SMOKE, TINY, tlops_cli
 from test_promotion_steps import assert_consistent
 
-from tlops import registry
+from tlops.adapters import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = "gate.values=[{metric: test_accuracy, min: 0.0}]"

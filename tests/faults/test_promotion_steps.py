@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tlops import registry
+from tlops.adapters import registry
 from tlops.config import RunConfig
+from tlops.decision.gate import Verdict
 from tlops.errors import ServiceError
-from tlops.gate import Verdict
-from tlops.promotion import promote
-from tlops.reconcile import reconcile
+from tlops.jobs.reconcile import reconcile
+from tlops.jobs.register import promote
 
 PASSED = Verdict(decision="promote", results=[], champion_version=None, reason="all rules passed")
 STEPS_BEFORE_ALIAS = ["after_register", "after_gate_tags", "after_intent"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import keras  # noqa: F401  (imported before any waiting: the wait ends right before training)
 
 from tlops.config import load_config
-from tlops.dataversion import DataVersion
-from tlops.steps import train_model
-from tlops.validation import ManifestInfo
+from tlops.data.version import DataVersion
+from tlops.jobs.train import train_model
+from tlops.jobs.validate import ManifestInfo
 
 
 def _wait_for(phase: str, epochs: int, timeout_s: float = 600) -> None:

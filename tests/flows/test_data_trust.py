@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import SMOKE, commit_data, dvc, init_repo, run, tlops_cli, write_images
 
+from tlops.adapters.dvc import dir_md5, resolve_data
 from tlops.config import DataConfig
-from tlops.dataversion import dir_md5, resolve_data
 from tlops.errors import ContractFailedError, DataError
 
 
@@ -110,7 +110,7 @@ def test_modified_cache_file_is_detected_and_replaced(
 
     victim = _tamper(folder)
     assert dir_md5(folder)[0] != first.md5
-    with caplog.at_level(logging.WARNING, logger="tlops.dataversion"):
+    with caplog.at_level(logging.WARNING, logger="tlops.adapters.dvc"):
         again = resolve_data(DataConfig(repo=repo))
     assert again.path == first.path
     assert dir_md5(Path(again.path))[0] == first.md5  # the tampered copy was replaced
@@ -127,7 +127,7 @@ def test_modified_cache_file_is_detected_and_replaced(
     (folder / "train" / "cat").chmod(0o755)
     shutil.copy(victim, extra)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="tlops.dataversion"):
+    with caplog.at_level(logging.WARNING, logger="tlops.adapters.dvc"):
         resolve_data(DataConfig(repo=repo, rev="HEAD"))
     assert "file added: train/cat/planted.png" in caplog.text
     assert not extra.exists()
@@ -140,7 +140,7 @@ def test_full_verify_finds_what_the_cheap_check_cannot(
     _tamper(Path(first.path), keep_stamp=True)  # same size, same mtime: only the md5 tells
     assert resolve_data(DataConfig(repo=repo)).md5 == first.md5  # cheap check: unchanged
     monkeypatch.setenv("TLOPS_VERIFY_DATA", "1")  # what `--verify` sets
-    with caplog.at_level(logging.WARNING, logger="tlops.dataversion"):
+    with caplog.at_level(logging.WARNING, logger="tlops.adapters.dvc"):
         verified = resolve_data(DataConfig(repo=repo))
     assert dir_md5(Path(verified.path))[0] == first.md5  # replaced by a good copy
     assert "its md5 is " in caplog.text and "discarded" in caplog.text

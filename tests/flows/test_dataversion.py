@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import commit_data, copy_repo, init_repo, run, write_images
 
+from tlops.adapters.dvc import dir_md5, resolve_data
 from tlops.config import DataConfig
-from tlops.dataversion import dir_md5, resolve_data
 from tlops.errors import ConfigError, DataError, ServiceError
 
 

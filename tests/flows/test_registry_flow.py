@@ -41,7 +41,7 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     assert v1.version == "1"
     # the version carries the policy it passed, and that --set overrode it (local CLI: allowed)
     from tlops.config import load_config
-    from tlops.policy import policy_sha256
+    from tlops.jobs.policy import policy_sha256
 
     passed = load_config(Path(SMOKE), [f"name={name}", FIRST, ANY_CHANGE])
     assert v1.tags["policy.sha256"] == policy_sha256(passed)

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 from tlops.config import GateConfig, ValueRule
-from tlops.gate import Evidence, decide
+from tlops.decision.gate import Evidence, decide
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json
 from pathlib import Path
 from tlops.config import load_config
-from tlops.lineage import code_state
-from tlops.promotion import change_fingerprint
+from tlops.adapters.git import code_state
+from tlops.jobs.gate import change_fingerprint
 import tlops
 state = code_state(Path.cwd())
 fingerprint = change_fingerprint(load_config(Path("smoke.yaml")), "0" * 32 + ".dir", state)
@@ -50,7 +50,7 @@ def probe(project: Path) -> dict[str, object]:
 
 
 def test_fingerprint_without_git_is_stable_and_follows_the_source(tmp_path: Path) -> None:
-    from tlops import lineage
+    from tlops.adapters import git as lineage
 
     source_sha256 = getattr(lineage, "source_sha256", lambda: "")  # (none before item 16)
     here = source_sha256()  # this checkout's, just before copying it

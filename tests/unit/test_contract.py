@@ -27,9 +27,9 @@ import pytest
 from PIL import Image
 
 from tlops.config import ContractConfig, SplitConfig
-from tlops.evaluation import metric_key
-from tlops.manifest import _decode
-from tlops.validation import ContractVerdict, ManifestInfo, build_manifest, check_contract
+from tlops.data.manifest import _decode
+from tlops.jobs.validate import ContractVerdict, ManifestInfo, build_manifest, check_contract
+from tlops.safetext import metric_key
 
 SIZE = 20
 #: Images per class and split of the generated dataset: the default contract minimums.

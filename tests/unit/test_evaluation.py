@@ -1,4 +1,4 @@
-"""Tests of the Keras-free evaluation helpers (tlops.evaluation)."""
+"""Tests of the Keras-free evaluation helpers (tlops.model.metrics)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from tlops.evaluation import (
-    Metrics,
-    compute_metrics,
-    misclassified,
-    per_class_table,
-    plot_confusion,
-    plot_gallery,
-    plot_history,
-)
+from tlops.model.metrics import Metrics, compute_metrics, misclassified, per_class_table
+from tlops.model.plots import plot_confusion, plot_gallery, plot_history
 
 CLASSES = ["cat", "dog", "fox"]
 # 6 samples, 3 classes. Arg-max predictions: 0, 1, 0, 1, 2, 1 -> 3 right (indices 0, 3, 4).
@@ -131,7 +124,7 @@ def test_scalars_sanitise_class_names() -> None:
 
 
 def test_metric_keys_are_one_to_one_across_scripts() -> None:
-    from tlops.evaluation import metric_key
+    from tlops.safetext import metric_key
 
     names = ["cat:1", "cat_1", "cat?1", "\u732b", "\u72d7", "\u043a\u043e\u0442", "caf\u00e9"]
     keys = [metric_key(n) for n in names]
@@ -307,6 +300,6 @@ def test_import_is_light_and_has_no_side_effects() -> None:
     import sys
 
     heavy = ("matplotlib", "keras", "tensorflow", "sklearn", "pandas")
-    code = f"import sys, tlops.evaluation; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, tlops.model.metrics; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

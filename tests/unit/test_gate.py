@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tlops.config import GateConfig, load_config
+from tlops.decision.gate import Evidence, decide, mcnemar
 from tlops.errors import ConfigError
-from tlops.gate import Evidence, decide, mcnemar
 
 
 def evidence(
@@ -125,7 +125,7 @@ def test_bad_gate_config_names_the_field(override: str, field: str) -> None:
 
 
 def test_recall_rule_finds_the_sanitized_key_of_non_ascii_and_punctuated_classes() -> None:
-    from tlops.evaluation import compute_metrics
+    from tlops.model.metrics import compute_metrics
 
     classes = ["café", "thé", "cat:1"]
     labels = [0, 1, 2, 0, 1, 2]

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from tlops.config import SplitConfig
-from tlops.errors import DataError
-from tlops.inputs import (
+from tlops.data.inputs import (
     encode_labels,
     image_batches,
     load_image,
@@ -18,7 +17,8 @@ from tlops.inputs import (
     make_dataset,
     read_split,
 )
-from tlops.validation import build_manifest
+from tlops.errors import DataError
+from tlops.jobs.validate import build_manifest
 
 
 def _save(path: Path, img: Image.Image, fmt: str = "PNG") -> Path:
@@ -110,8 +110,8 @@ def test_binary_labels_are_a_column() -> None:
 
 
 def test_label_budget_keeps_the_first_images_of_each_class() -> None:
-    from tlops.inputs import SplitData
-    from tlops.steps import label_budget
+    from tlops.data.inputs import SplitData
+    from tlops.jobs.train import label_budget
 
     data = SplitData(
         paths=[f"/d/{i}.png" for i in range(7)], labels=np.array([0, 1, 0, 1, 0, 2, 1]),
@@ -159,7 +159,7 @@ def test_strict_decoding_raises_bomb_warnings_and_restores_the_filters(
 ) -> None:
     import warnings
 
-    from tlops.inputs import strict_decoding
+    from tlops.data.inputs import strict_decoding
 
     path = _save(tmp_path / "big.png", Image.new("L", (40, 40)))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)

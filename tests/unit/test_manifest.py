@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tlops.manifest import COLUMNS, _decode, class_counts, scan
+from tlops.data.manifest import COLUMNS, _decode, class_counts, scan
 
 
 def save(path: Path, mode: str, fmt: str, seed: int, size: tuple[int, int] = (24, 20)) -> None:
@@ -190,7 +190,7 @@ def test_symlink_loop_is_a_row_not_an_error(tmp_path: Path) -> None:
 
 
 def test_file_over_max_bytes_is_sized_but_never_read(tmp_path: Path) -> None:
-    from tlops.manifest import Limits
+    from tlops.data.manifest import Limits
 
     root = make_folder(tmp_path / "data")
     big = _png((64, 64), seed=12)
@@ -209,7 +209,7 @@ EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 20 20\n%%EndComments\nshowpa
 
 def test_formats_outside_the_allowed_ones_never_reach_a_pillow_plugin(tmp_path: Path) -> None:
     """An EPS (Pillow's EPS plugin hands it to Ghostscript) and a BMP with only PNG allowed."""
-    from tlops.manifest import Limits
+    from tlops.data.manifest import Limits
 
     root = make_folder(tmp_path / "data")
     (root / "train" / "a" / "doc.eps").write_bytes(EPS)

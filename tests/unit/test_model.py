@@ -16,7 +16,7 @@ import pytest
 from tlops.backbones import BACKBONES, get_spec
 from tlops.config import AugmentConfig, HeadConfig
 from tlops.errors import ConfigError
-from tlops.model import (
+from tlops.model.classifier import (
     Classifier,
     build_base,
     build_classifier,

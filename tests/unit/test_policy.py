@@ -10,7 +10,7 @@ from conftest import run
 
 from tlops.config import load_config
 from tlops.errors import ConfigError
-from tlops.policy import (
+from tlops.jobs.policy import (
     PolicyOrigin,
     load_deployed_config,
     policy_keys,

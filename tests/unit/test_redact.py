@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tlops.dataversion import DataVersion, remote_url
+from tlops.adapters.dvc import remote_url
+from tlops.data.version import DataVersion
 from tlops.errors import ServiceError
-from tlops.steps import run_tags
+from tlops.jobs.train import run_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ("s3cr3t", "tok3n", "abc123", "AKIAEXAMPLE")
@@ -81,7 +82,7 @@ def secret_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_service_errors_name_the_server_without_credentials(secret_tracking_uri: str) -> None:
-    from tlops import registry, tracking
+    from tlops.adapters import registry, tracking
 
     with pytest.raises(ServiceError) as caught:
         tracking.get_tags("0" * 32)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlops.config import GateConfig
-from tlops.evaluation import class_metric
-from tlops.gate import Evidence, decide
-from tlops.report import newly_misclassified, render, write_report
+from tlops.decision.gate import Evidence, decide
+from tlops.decision.report import newly_misclassified, render, write_report
+from tlops.safetext import class_metric
 
 CLASSES = ["cat", "dog"]
 ROWS = [

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlops import registry, tracking
+from tlops.adapters import registry, tracking
 from tlops.config import RunConfig, dump_config, load_config
-from tlops.dataversion import DataVersion
+from tlops.data.version import DataVersion
+from tlops.decision.gate import Verdict
 from tlops.errors import ConfigError
-from tlops.gate import Verdict
-from tlops.promotion import lineage_tags, reproduction_config
-from tlops.steps import run_tags
+from tlops.jobs.register import lineage_tags
+from tlops.jobs.reproduce import reproduction_config
+from tlops.jobs.train import run_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def long_config() -> RunConfig:
 
 def register_like_a_run(cfg: RunConfig, tmp: Path, name: str = "repro") -> registry.VersionInfo:
     """What the train flow does for the config: run tags, the config artifact, a version."""
-    from tlops import steps
+    from tlops.jobs import train as steps
 
     data = DataVersion(
         path=str(tmp), md5="0" * 32 + ".dir", nfiles=1, size=1, rev="a" * 40, remote_url=None,
@@ -65,7 +66,7 @@ def register_like_a_run(cfg: RunConfig, tmp: Path, name: str = "repro") -> regis
 
 
 def test_cut_tag_values_are_marked_and_never_parse() -> None:
-    from tlops.tracking import tag_value
+    from tlops.adapters.tracking import tag_value
 
     text = dump_config(long_config())
     for limit in range(1000, 8000, 175):  # 40 cut points

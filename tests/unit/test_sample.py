@@ -1,4 +1,4 @@
-"""Tests of the offline, deterministic sample dataset (tlops.sample)."""
+"""Tests of the offline, deterministic sample dataset (tlops.data.sample)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlops.sample import (
-    SOURCE_CLASSES,
-    TARGET_CLASSES,
-    SampleSummary,
-    write_sample,
-)
+from tlops.data.sample import SOURCE_CLASSES, TARGET_CLASSES, SampleSummary, write_sample
 
 SOURCE_SIZES = {"train": 100, "val": 15, "test": 15}
 TARGET_SIZES = {"train": 10, "val": 10, "test": 60}
@@ -136,7 +131,7 @@ def test_committed_data_dvc_matches_the_sample(sample: SampleSummary) -> None:
     """The committed data.dvc names exactly what `tlops sample` writes on this machine."""
     import yaml
 
-    from tlops.dataversion import dir_md5
+    from tlops.adapters.dvc import dir_md5
 
     pointer = Path(__file__).resolve().parents[2] / "data.dvc"
     out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]

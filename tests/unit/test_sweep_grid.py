@@ -11,8 +11,7 @@ import pytest
 
 from tlops.config import RunConfig, load_config
 from tlops.errors import ConfigError, DataError, ServiceError
-from tlops.steps import EvalSummary, TrainSummary
-from tlops.sweep import (
+from tlops.jobs.sweep import (
     MAX_TRIALS,
     Trial,
     TrialResult,
@@ -27,6 +26,7 @@ from tlops.sweep import (
     trial_failure,
     worker_environment,
 )
+from tlops.jobs.train import EvalSummary, TrainSummary
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"

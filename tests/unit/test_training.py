@@ -11,9 +11,9 @@ from PIL import Image
 
 from tlops.backbones import get_spec
 from tlops.config import RunConfig, load_config
-from tlops.inputs import SplitData
-from tlops.model import build_base, build_classifier
-from tlops.training import Checkpoints, TrainInputs, _better, plan_phases, train
+from tlops.data.inputs import SplitData
+from tlops.model.classifier import build_base, build_classifier
+from tlops.model.training import Checkpoints, TrainInputs, _better, plan_phases, train
 
 
 def _split(root: Path, n: int, seed: int) -> SplitData:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tlops.evaluation import class_metric
-from tlops.gate import Evidence, Verdict
-from tlops.safetext import md_cell, md_code
+from tlops.decision.gate import Evidence, Verdict
+from tlops.safetext import class_metric, md_cell, md_code
 
 #: Where the train flow writes the report in its run folder (and logs it under ``gate/``).
 REPORT_FILE = "report.md"

@@ -1,6 +1,6 @@
 """Training: feature extraction on the frozen base, then fine-tuning of its top, resumable.
 
-Model code is ``keras.*`` only (the tf.data input comes from :mod:`tlops.inputs`). Every epoch
+Model code is ``keras.*`` only (the tf.data input comes from :mod:`tlops.data.inputs`). Every epoch
 writes a checkpoint (weights + a small JSON state), so a killed run started again with the same
 config resumes at its last finished epoch. Each phase ends on its best epoch by the monitored
 validation metric, and the better phase is kept.
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from tlops.config import PhaseConfig, RunConfig
-from tlops.inputs import SplitData, encode_labels, make_dataset
-from tlops.model import Classifier, count_params, freeze_base, unfreeze_all, unfreeze_top
+from tlops.data.inputs import SplitData, encode_labels, make_dataset
+from tlops.model.classifier import Classifier, count_params, freeze_base, unfreeze_all, unfreeze_top
 from tlops.paths import atomic_path
 
 CallbackFactory = Callable[[str, int], list[Any]]  # (phase, epoch offset) -> keras callbacks

@@ -1,6 +1,6 @@
 """Settle promotions that a crash or a failure left half done (design section 7b).
 
-A promotion is a small state machine (see :func:`tlops.promotion.promote`): register the
+A promotion is a small state machine (see :func:`tlops.jobs.register.promote`): register the
 version as ``pending`` -> tag the gate evidence -> ledger ``intent`` -> move the alias -> ledger
 ``confirmed`` -> version ``complete``. A process killed between two steps leaves one of a few
 shapes behind, and :func:`reconcile` turns each into one consistent state, under the model's
@@ -32,9 +32,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from tlops import registry, tracking
+from tlops.adapters import registry
+from tlops.adapters.registry import LedgerEntry, VersionInfo
 from tlops.errors import TlopsError
-from tlops.registry import LedgerEntry, VersionInfo
 
 GRACE_ENV = "TLOPS_RECONCILE_GRACE_S"
 
@@ -237,13 +237,9 @@ def _follow_champion(
             )  # fmt: skip
             actions.append(f"@{previous_alias} set to v{before}")
     if describe is not None:
-        from mlflow.exceptions import MlflowException
-
-        with tracking.service(f"read {name}"):
-            try:
-                text = tracking.client().get_registered_model(name).description or ""
-            except MlflowException:
-                return
+        text = registry.description(name)
+        if text is None:
+            return
         if not text.startswith(f"## {name} v{champion.version}\n"):
             registry.set_description(name, describe(champion))
             actions.append(f"description set to the lineage card of v{champion.version}")

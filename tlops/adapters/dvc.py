@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 
 from tlops.config import DataConfig, stays_inside
+from tlops.data.version import DataVersion
 from tlops.errors import ConfigError, ContractFailedError, DataError, ServiceError
+from tlops.paths import default_cache_root
 from tlops.redact import redact_text, redact_url
 
 WORKTREE = "workdir"
@@ -59,35 +60,6 @@ NAMED_IN_MESSAGE = 5
 
 #: Where notes about the cache go (e.g. a discarded, modified folder).
 Note = Callable[[str], None]
-
-
-class DataVersion(BaseModel):
-    """A resolved dataset version: the small value that lineage and MLflow carry."""
-
-    model_config = ConfigDict(frozen=True)
-
-    path: str
-    md5: str
-    nfiles: int
-    size: int
-    rev: str
-    remote_url: str | None
-    dirty: bool
-    dvc_file: str
-    subdir: str = ""
-
-    @property
-    def images_root(self) -> Path:
-        """The folder of images to use (the tracked folder, or its configured subdir)."""
-        return Path(self.path) / self.subdir if self.subdir else Path(self.path)
-
-
-def default_cache_root() -> Path:
-    """``$TLOPS_CACHE``, else ``$XDG_CACHE_HOME/tlops``, else ``~/.cache/tlops``."""
-    if env := os.environ.get("TLOPS_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tlops"
 
 
 def _file_md5(path: Path) -> str:
@@ -531,8 +503,9 @@ def _materialize(
 
 
 def _fault_block(point: str) -> None:
-    """Test hook of the fault tests (as in :mod:`tlops.registry`): ``$TLOPS_FAULT_BLOCK`` naming
-    ``point`` writes this pid to ``$TLOPS_FAULT_READY`` and blocks, for the test to kill it."""
+    """Test hook of the fault tests (as in :mod:`tlops.adapters.registry`):
+    ``$TLOPS_FAULT_BLOCK`` naming ``point`` writes this pid to
+    ``$TLOPS_FAULT_READY`` and blocks, for the test to kill it."""
     if os.environ.get("TLOPS_FAULT_BLOCK") != point:
         return
     if ready := os.environ.get("TLOPS_FAULT_READY"):

@@ -81,7 +81,7 @@ def policy_origin(
     config_file: Path | None, overrides: Iterable[str], cfg: RunConfig
 ) -> PolicyOrigin:
     """Where ``cfg``'s policy came from: its file (committed in git or not) and the overrides."""
-    from tlops.lineage import committed_unmodified
+    from tlops.adapters.git import committed_unmodified
 
     keys = tuple(policy_keys(overrides, cfg.registry.model_name is None))
     file = str(config_file) if config_file is not None else ""

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tlops.dataversion import DataVersion
+from tlops.data.version import DataVersion
 from tlops.errors import ServiceError
 from tlops.redact import redact_text, redact_url
 

@@ -7,7 +7,7 @@ entry is written as an ``intent`` before its alias moves and then marked ``confi
 move stands) or ``aborted`` (the alias was restored); entries are never removed.
 
 Versions registered by tlops carry ``tlops.state``: ``pending`` while a promotion is under way,
-then ``complete`` or ``aborted`` (see :mod:`tlops.promotion` and :mod:`tlops.reconcile`).
+then ``complete`` or ``aborted`` (see :mod:`tlops.jobs.register` and :mod:`tlops.jobs.reconcile`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tlops.adapters.tracking import client, service, tag_value, tracking_uri
 from tlops.errors import ConfigError, ServiceError
 from tlops.redact import redact_text, redact_url
-from tlops.tracking import client, service, tag_value, tracking_uri
 
 LEDGER_PREFIX = "tlops.ledger."
 #: Version tag holding the promotion state: pending, complete or aborted.
@@ -89,7 +89,7 @@ def _now() -> str:
 def owner() -> str:
     """This process as the owner of a pending version: JSON of host, boot, pid namespace, pid
     and process start (the same identity as a run's ``tlops.owner``)."""
-    from tlops.tracking import process_owner
+    from tlops.adapters.tracking import process_owner
 
     return json.dumps(process_owner(), sort_keys=True)
 
@@ -97,7 +97,7 @@ def owner() -> str:
 def owner_alive(tag: str) -> bool | None:
     """Whether the owner of a pending version still runs: None when that cannot be known here
     (another host, boot or pid namespace, or an unreadable tag)."""
-    from tlops.tracking import owner_gone, same_machine
+    from tlops.adapters.tracking import owner_gone, same_machine
 
     try:
         found = json.loads(tag)
@@ -319,7 +319,7 @@ def move_alias(
 ) -> LedgerEntry:
     """Move ``alias`` to ``version`` with a ledger intent before and its confirmation after.
 
-    A failure after the intent leaves it unconfirmed: :mod:`tlops.reconcile` settles it.
+    A failure after the intent leaves it unconfirmed: :mod:`tlops.jobs.reconcile` settles it.
     """
     before = version_by_alias(name, alias)
     from_version = before.version if before else None
@@ -332,6 +332,17 @@ def set_description(name: str, text: str) -> None:
     """Keep the registered model's description current (the champion's lineage card)."""
     with service(f"describe {name}"):
         client().update_registered_model(name, description=text[:5000])
+
+
+def description(name: str) -> str | None:
+    """The registered model's description ("" when it has none); None when no such model."""
+    from mlflow.exceptions import MlflowException
+
+    with service(f"read {name}"):
+        try:
+            return client().get_registered_model(name).description or ""
+        except MlflowException:
+            return None
 
 
 def ledger(name: str) -> list[LedgerEntry]:
@@ -366,7 +377,7 @@ def promotion_lock(name: str) -> Iterator[None]:
     """
     import fcntl
 
-    from tlops.dataversion import default_cache_root
+    from tlops.paths import default_cache_root
 
     key = hashlib.sha256(f"{tracking_uri()}\n{name}".encode()).hexdigest()[:24]
     path = default_cache_root() / "locks" / f"promote-{key}.lock"

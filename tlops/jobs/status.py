@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tlops import registry, tracking
+from tlops.adapters import registry, tracking
 from tlops.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""Stages 6-7: the gate, then registration and promotion in the MLflow model registry."""
+"""Stage 6 as Prefect tasks: the gate (and the check that nothing changed since the champion)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tlops import registry, tracking
+from tlops.adapters import registry, tracking
 from tlops.config import RunConfig
-from tlops.dataversion import DataVersion
-from tlops.gate import Verdict, decide
-from tlops.promotion import (
-    PromotionResult,
-    candidate_from_run,
-    judge_against,
-    lineage_card,
-    lineage_tags,
-    measure_version,
-    promote,
-    unchanged_champion,
-)
-from tlops.reconcile import reconcile
-from tlops.report import REPORT_FILE, write_report
-from tlops.steps import EvalSummary, TrainSummary
-from tlops.validation import ManifestInfo
+from tlops.data.version import DataVersion
+from tlops.decision.gate import Verdict, decide
+from tlops.decision.report import REPORT_FILE, write_report
+from tlops.jobs.gate import candidate_from_run, measure_version, unchanged_champion
+from tlops.jobs.train import EvalSummary, TrainSummary
+from tlops.jobs.validate import ManifestInfo
 
 
 def artifact_key(model_name: str) -> str:
     """The stable Prefect artifact key of a model's runs (lowercase letters, digits, dashes):
     the Prefect UI lists every run's report under it, newest first."""
     return "gate-" + "".join(c if c.isalnum() else "-" for c in model_name.lower())
-
-
-@task(name="reconcile-registry", cache_policy=NO_CACHE)
-def reconcile_task(config: RunConfig) -> list[str]:
-    """Settle what an earlier run of this model left half promoted (before anything reads the
-    champion); returns what was done, one line each."""
-    done = reconcile(
-        config.model_name, config.registry.champion_alias, config.registry.previous_alias,
-        lineage_card,
-    )  # fmt: skip
-    for line in done.lines():
-        get_run_logger().warning(line)
-    return done.actions
 
 
 @task(name="check-unchanged", cache_policy=NO_CACHE)
@@ -100,32 +77,3 @@ def gate_task(
     )  # fmt: skip
     get_run_logger().info("gate: %s (%s)", verdict.decision, verdict.reason)
     return verdict
-
-
-@task(name="register", cache_policy=NO_CACHE)
-def register_task(
-    config: RunConfig, verdict: Verdict, trained: TrainSummary, evaluated: EvalSummary,
-    data: DataVersion, manifest: ManifestInfo, run_id: str, model_uri: str, flow_run_id: str,
-) -> PromotionResult:  # fmt: skip
-    """Register a version and move the champion alias, only when the gate passed."""
-    if not verdict.passed:
-        return PromotionResult(verdict=verdict, model_name=config.model_name)
-    tags = tracking.get_tags(run_id)
-    candidate = candidate_from_run(
-        config, data, trained.classes, evaluated.metrics, evaluated.predictions_path, tags
-    )
-
-    def tags_for(final: Verdict) -> dict[str, str]:
-        return lineage_tags(tags, config, evaluated.metrics, final, candidate.fingerprint)
-
-    result = promote(
-        config, run_id, model_uri, verdict, judge_against(config, data, manifest, candidate),
-        tags_for, flow_run_id,
-    )  # fmt: skip
-    if result.version:
-        tracking.set_tags(run_id, {"registered.version": result.version})
-    else:
-        final = {"gate.decision": result.verdict.decision, "gate.passed": "false"}
-        tracking.set_tags(run_id, final)
-    get_run_logger().info(result.line())
-    return result

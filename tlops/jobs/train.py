@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tlops import tracking
+from tlops.adapters import tracking
 from tlops.backbones import get_spec
 from tlops.config import RunConfig
-from tlops.dataversion import DataVersion, default_cache_root
+from tlops.data.inputs import SplitData, load_images, read_split
+from tlops.data.version import DataVersion
 from tlops.errors import ConfigError, DataError
-from tlops.inputs import SplitData, load_images, read_split
-from tlops.paths import atomic_path, tlops_home
-from tlops.policy import PolicyOrigin, policy_tags
-from tlops.validation import ManifestInfo
+from tlops.jobs.policy import PolicyOrigin, policy_tags
+from tlops.jobs.validate import ManifestInfo
+from tlops.paths import atomic_path, default_cache_root, tlops_home
 
 
 class TrainSummary(BaseModel):
@@ -77,7 +77,7 @@ def _weights_arg(cfg: RunConfig, run_dir: Path) -> tuple[str | None, dict[str, s
         raise ConfigError(f"backbone.weights: {weights!r}: use a registered models:/ URI")
     if not weights.startswith("models:/"):
         return weights, {}
-    from tlops import registry
+    from tlops.adapters import registry
 
     info = registry.resolve(weights)
     folder = registry.download(info, run_dir / "backbone_model")
@@ -143,9 +143,9 @@ def train_model(
     3. train, checkpointing every epoch (a rerun with the same inputs resumes);
     4. save the model (``.keras``) and the training record; clear the checkpoints.
     """
-    from tlops import model as tl_model
-    from tlops.runtime import configure, strategy_scope
-    from tlops.training import TrainInputs, checkpoint_folder, feature_cache_key, train
+    from tlops.model import classifier as tl_model
+    from tlops.model.runtime import configure, strategy_scope
+    from tlops.model.training import TrainInputs, checkpoint_folder, feature_cache_key, train
 
     runtime = configure(cfg.train)
     train_split, val_split = _splits(manifest, data, cfg.data.train_per_class)
@@ -246,8 +246,9 @@ def evaluate_model(
     """Evaluate the saved model on the test split: metrics, plots, gallery, latency, size."""
     import keras
 
-    from tlops import evaluation as ev
-    from tlops.model import probabilities
+    from tlops.model import metrics as ev
+    from tlops.model import plots
+    from tlops.model.classifier import probabilities
 
     test = read_split(manifest.manifest_path, data.images_root, "test")
     if not len(test):
@@ -258,8 +259,8 @@ def evaluate_model(
     images = load_images(test.paths, cfg.data.image_size, formats=test.formats)
     probs = probabilities(np.asarray(model.predict(images, verbose=0)), trained.binary)
     metrics = ev.compute_metrics(test.labels, probs, trained.classes, cfg.evaluate.top_k)
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    figures = run_dir / "plots"
+    figures.mkdir(exist_ok=True)
     history = json.loads(Path(trained.result_path).read_text(encoding="utf-8"))
     mistakes = ev.misclassified(
         test.labels, probs, test.relpaths, trained.classes, cfg.evaluate.gallery_size
@@ -268,10 +269,10 @@ def evaluate_model(
     ev.per_class_table(metrics).to_csv(table, index=False)
     files = {
         "plots": [
-            str(ev.plot_confusion(metrics, plots / "confusion_matrix.png")),
-            str(ev.plot_history({p["name"]: p["history"] for p in history["phases"]},
-                                plots / "training_curves.png")),
-            str(ev.plot_gallery(mistakes, data.images_root, plots / "misclassified.png")),
+            str(plots.plot_confusion(metrics, figures / "confusion_matrix.png")),
+            str(plots.plot_history({p["name"]: p["history"] for p in history["phases"]},
+                                figures / "training_curves.png")),
+            str(plots.plot_gallery(mistakes, data.images_root, figures / "misclassified.png")),
         ],
         "evaluation": [str(table)],
     }  # fmt: skip
@@ -310,9 +311,9 @@ def run_tags(
     cfg: RunConfig, data: DataVersion, flow_run_id: str, policy: PolicyOrigin | None = None
 ) -> dict[str, str]:
     """Tags known before training: data, backbone, code, the Prefect flow run, and the
-    promotion policy's hash and origin (:func:`tlops.policy.policy_tags`; None: unknown)."""
+    promotion policy's hash and origin (:func:`tlops.jobs.policy.policy_tags`; None: unknown)."""
+    from tlops.adapters.git import code_state
     from tlops.config import config_sha256
-    from tlops.lineage import code_state
     from tlops.redact import redact_url
 
     return {

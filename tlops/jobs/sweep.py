@@ -19,13 +19,12 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tlops.adapters.tracking import tracking_uri
 from tlops.config import RunConfig, apply_overrides, build_config, parse_override
-from tlops.dataversion import default_cache_root
 from tlops.errors import ConfigError, ServiceError, TlopsError
-from tlops.paths import tlops_home
+from tlops.jobs.train import EvalSummary, TrainSummary
+from tlops.paths import default_cache_root, tlops_home
 from tlops.redact import redact_text
-from tlops.steps import EvalSummary, TrainSummary
-from tlops.tracking import tracking_uri
 
 #: Most trials one sweep may expand to (a typo in a grid should not start a thousand trainings).
 MAX_TRIALS = 64

@@ -18,8 +18,7 @@ from typing import Any
 import pandas as pd
 
 from tlops.config import CONVERTIBLE_MODES, SPLITS, ContractConfig
-from tlops.evaluation import metric_key
-from tlops.safetext import md_cell, md_code, one_line
+from tlops.safetext import md_cell, md_code, metric_key, one_line
 
 #: How many offending files a one-line message names before "and N more".
 NAMED_IN_MESSAGE = 5
@@ -118,7 +117,7 @@ def colliding_classes(classes: Iterable[str]) -> dict[str, list[str]]:
 
     Two names collide when they are equal after Unicode normalization (NFKC) and case folding
     (``Cat``/``cat``, ``café`` composed / decomposed, the ligature ``ﬁsh``/``fish``), or when
-    their metric keys (:func:`tlops.evaluation.metric_key`, one-to-one by construction) are.
+    their metric keys (:func:`tlops.safetext.metric_key`, one-to-one by construction) are.
     Names in any script are fine as long as they stay distinct (``猫``/``狗``, ``кот``/``пёс``).
     """
     groups: defaultdict[tuple[str, str], set[str]] = defaultdict(set)

@@ -1,8 +1,8 @@
 """Prediction with a registered model: files and folders in, top-k classes out.
 
 The registered model holds its preprocessing (stock Keras layers), so a caller only decodes and
-resizes images the way training did (:func:`tlops.inputs.load_image`: only the supported formats
-are handed to Pillow, decompression bombs are refused). A file that cannot be read is that
+resizes images the way training did (:func:`tlops.data.inputs.load_image`: only the supported
+formats are handed to Pillow, decompression bombs are refused). A file that cannot be read is that
 file's row; its name is shown escaped (one line, valid UTF-8).
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tlops import registry
-from tlops.inputs import UnreadableImageError, load_image, strict_decoding
+from tlops.adapters import registry
+from tlops.data.inputs import UnreadableImageError, load_image, strict_decoding
 from tlops.safetext import one_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -50,7 +50,7 @@ def predict_files(model_uri: str, paths: list[Path], top_k: int) -> list[Predict
     """Top-k classes for every image under ``paths`` with the model at ``model_uri``."""
     import keras
 
-    from tlops.model import probabilities
+    from tlops.model.classifier import probabilities
 
     info = registry.resolve(model_uri)
     with tempfile.TemporaryDirectory() as tmp:

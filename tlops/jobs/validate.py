@@ -13,11 +13,11 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from tlops.config import ContractConfig, SplitConfig
-from tlops.contract import ContractResult, render_markdown, run_contract
-from tlops.dataversion import DataVersion
-from tlops.manifest import Limits, class_counts, manifest_digest, scan
+from tlops.data.contract import ContractResult, render_markdown, run_contract
+from tlops.data.manifest import Limits, class_counts, manifest_digest, scan
+from tlops.data.split import assign_splits
+from tlops.data.version import DataVersion
 from tlops.safetext import one_line
-from tlops.split import assign_splits
 
 
 class ManifestInfo(BaseModel):

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tlops.config import ChangeRule, GateConfig, ValueRule
-from tlops.evaluation import class_metric
+from tlops.safetext import class_metric
 
 Decision = Literal["promote", "reject", "no_rules", "unchanged"]
 
@@ -201,7 +201,7 @@ def mcnemar_rule(p_limit: float, candidate: Evidence, champion: Evidence) -> Rul
 def recall_rules(max_drop: float, candidate: Evidence, champion: Evidence) -> list[RuleResult]:
     """No class may lose more than ``max_drop`` recall against the champion.
 
-    Recalls are looked up under :func:`tlops.evaluation.class_metric`, the key they were
+    Recalls are looked up under :func:`tlops.safetext.class_metric`, the key they were
     written under. A class whose recall is missing (or not a finite number) on either side
     fails its rule; no classes at all fail the one rule.
     """
@@ -267,7 +267,7 @@ UNKNOWN_CODE = "unknown"
 
 
 def same_as_champion(candidate: str, champion: str) -> bool:
-    """Whether fingerprints (``<inputs>.<code>``, :func:`tlops.promotion.change_fingerprint`)
+    """Whether fingerprints (``<inputs>.<code>``, :func:`tlops.jobs.gate.change_fingerprint`)
     make the candidate a copy of the champion: equal, or the same data and config while the
     code state of either is unknown (a tie that cannot be told apart is never promoted).
     '' (no fingerprint) is never a copy."""

@@ -1,8 +1,8 @@
 """Scan an image folder into a manifest: one row per file, read in parallel.
 
 Layouts: ``root/<split>/<class>/<file>`` when any of train/val/test exists at the top, else
-``root/<class>/<file>`` (split assigned later by :mod:`tlops.split`). Everything odd is kept as a
-row (stray files, unknown split folders, symlinks leaving the folder or looping, unreadable
+``root/<class>/<file>`` (split assigned later by :mod:`tlops.data.split`). Everything odd is kept as
+a row (stray files, unknown split folders, symlinks leaving the folder or looping, unreadable
 files and folders, names that are not UTF-8 or hold control characters, files over the size
 limits) so that the contract can name it; nothing is silently skipped, nothing raises.
 
@@ -27,8 +27,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from tlops.config import PILLOW_MAX_PIXELS, SPLITS, ContractConfig
-from tlops.errors import DataError
-from tlops.inputs import (
+from tlops.data.inputs import (
     DECODE_ERRORS,
     MAX_DECODE_THREADS,
     SUPPORTED_FORMATS,
@@ -37,6 +36,7 @@ from tlops.inputs import (
     open_image,
     strict_decoding,
 )
+from tlops.errors import DataError
 from tlops.safetext import escape, name_problem, one_line
 
 COLUMNS = [

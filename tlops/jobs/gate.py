@@ -1,0 +1,118 @@
+"""Stage 6, the gate job: the candidate's evidence, the champion re-measured on the same test
+split, and the fingerprint that tells a scheduled run that nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tlops.adapters import registry
+from tlops.config import RunConfig
+from tlops.data.inputs import load_images, read_split
+from tlops.data.version import DataVersion
+from tlops.decision.gate import UNKNOWN_CODE, Evidence, Verdict, decide
+from tlops.jobs.validate import ManifestInfo
+
+
+def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> str:
+    """Identity of what a retrain depends on, as ``<inputs>.<code>``: inputs = the config
+    (without ``evaluate``) and the data md5; code = the sha256 of the project's source files
+    (``code.sha256``, known without git) and the lock file.
+
+    It is known before anything is trained, so a scheduled run can skip a retrain whose
+    fingerprint is the champion's. When the source hash is unknown the code part is
+    ``unknown``: such a run is never "unchanged", and the gate never promotes it over a
+    champion with the same inputs (:func:`tlops.decision.gate.same_as_champion`).
+    """
+    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
+    blob = json.dumps([parts, data_md5], sort_keys=True, default=str)
+    inputs = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    state = [code.get(k, UNKNOWN_CODE) for k in ("code.sha256", "lock.sha256")]
+    if UNKNOWN_CODE in state:
+        return f"{inputs}.{UNKNOWN_CODE}"
+    return f"{inputs}.{hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]}"
+
+
+def unchanged_champion(cfg: RunConfig, data_md5: str, project: Path) -> registry.VersionInfo | None:
+    """The champion when it was trained on this very data, config and code, else None."""
+    from tlops.adapters.git import code_state
+
+    fingerprint = change_fingerprint(cfg, data_md5, code_state(project))
+    if fingerprint.endswith(f".{UNKNOWN_CODE}"):  # unknown code: never "nothing changed"
+        return None
+    champion = registry.version_by_alias(cfg.model_name, cfg.registry.champion_alias)
+    if champion and champion.tags.get("tlops.fingerprint") == fingerprint:
+        return champion
+    return None
+
+
+def candidate_evidence(
+    metrics: dict[str, float], predictions_path: str, classes: list[str], fingerprint: str
+) -> Evidence:
+    """The candidate's evidence from its evaluation."""
+    rows = json.loads(Path(predictions_path).read_text(encoding="utf-8"))
+    correct = [row["true"] == row["predicted"] for row in rows]
+    return Evidence(metrics=metrics, correct=correct, classes=classes, fingerprint=fingerprint)
+
+
+def candidate_from_run(
+    cfg: RunConfig, data: DataVersion, classes: list[str], metrics: dict[str, float],
+    predictions_path: str, run_tags: dict[str, str],
+) -> Evidence:  # fmt: skip
+    """The candidate's evidence, its fingerprint from the config, data and the run's code."""
+    fingerprint = change_fingerprint(cfg, data.md5, run_tags)
+    return candidate_evidence(metrics, predictions_path, classes, fingerprint)
+
+
+def measure_version(
+    info: registry.VersionInfo, cfg: RunConfig, data: DataVersion, manifest: ManifestInfo
+) -> Evidence:
+    """Re-evaluate a registered version on the candidate's test split (same images, in order).
+
+    Label sets that differ give evidence with no metrics: the change rules then refuse it.
+    """
+    import keras
+
+    from tlops.jobs.train import _latency
+    from tlops.model import metrics as ev
+    from tlops.model.classifier import probabilities
+
+    test = read_split(manifest.manifest_path, data.images_root, "test")
+    fingerprint = info.tags.get("tlops.fingerprint", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_file, meta = registry.model_files(registry.download_classifier(info, Path(tmp)))
+        classes = [str(c) for c in meta["classes"]]
+        if classes != test.classes:
+            return Evidence(metrics={}, correct=[], classes=classes, fingerprint=fingerprint,
+                            version=info.version)  # fmt: skip
+        model = keras.models.load_model(keras_file, safe_mode=True)
+        images = load_images(test.paths, int(meta["image_size"]), formats=test.formats)
+        probs = probabilities(np.asarray(model.predict(images, verbose=0)), bool(meta["binary"]))
+        scalars = ev.compute_metrics(test.labels, probs, classes, cfg.evaluate.top_k).scalars()
+        scalars.update(_latency(model, images, cfg.train.batch_size, cfg.evaluate.latency_repeats))
+        scalars["model_size_mb"] = keras_file.stat().st_size / 1e6
+    correct = (probs.argmax(axis=1) == test.labels).tolist()
+    return Evidence(
+        metrics=scalars, correct=correct, classes=classes, fingerprint=fingerprint,
+        version=info.version,
+    )  # fmt: skip
+
+
+Judge = Callable[[registry.VersionInfo | None], Verdict]
+
+
+def judge_against(
+    cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, candidate: Evidence
+) -> Judge:
+    """A function that decides the candidate against a given champion (or none)."""
+
+    def judge(champion: registry.VersionInfo | None) -> Verdict:
+        evidence = measure_version(champion, cfg, data, manifest) if champion else None
+        return decide(cfg.gate, candidate, evidence)
+
+    return judge
