@@ -1,28 +1,33 @@
-"""The ``tlops`` command line.
+"""The ``tlops`` command line: its Typer commands and their options, nothing else.
 
 Exit codes (design section 7): 0 success, 2 bad config or usage, 3 data contract failed,
-4 gate rejected the candidate, 5 an external service failed, 1 a bug.
-Heavy imports (Prefect, DVC, GX) happen inside the commands that need them.
+4 gate rejected the candidate, 5 an external service failed, 1 a bug (:mod:`flows.exit_codes`).
+Heavy imports (Prefect, DVC, GX) happen inside the commands that need them; starting a flow
+(preloading, Prefect's temporary API) is :mod:`flows.startup`, and the run summaries and CI
+reports are :mod:`flows.reports`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import logging
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from flows.exit_codes import fail, guard
+from flows.reports import (
+    ci_mode,
+    note_policy_override,
+    publish_run,
+    publish_summary,
+    report_failure,
+)
+from flows.startup import apply_env_defaults, start_flow
 from tlops.config import RunConfig, load_config
-from tlops.errors import ConfigError, ServiceError, TlopsError
-from tlops.jobs.policy import PolicyOrigin, policy_origin, refuse_policy_overrides
-from tlops.paths import storage_error
+from tlops.errors import ConfigError
+from tlops.jobs.policy import policy_origin, refuse_policy_overrides
 from tlops.redact import redact_text
 
 app = typer.Typer(
@@ -33,7 +38,37 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-T = TypeVar("T")
+
+def package_version() -> str:
+    """The installed package's version (its metadata), else the source tree's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tlops")
+    except PackageNotFoundError:
+        from tlops import __version__
+
+        return __version__
+
+
+def _print_version(requested: bool) -> None:
+    """``--version``: print ``tlops <version>`` and exit 0, before any command starts."""
+    if requested:
+        typer.echo(f"tlops {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Options of ``tlops`` itself, before the command (only ``--version``)."""
+
 
 ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML), e.g. configs/demo.yaml")]
 SetOpt = Annotated[
@@ -79,99 +114,6 @@ ReportOpt = Annotated[
     typer.Option("--report", help="also write the Markdown report to this file (CI default:"
                  " tlops-report.md when $GITHUB_STEP_SUMMARY is not set)"),
 ]  # fmt: skip
-DEFAULT_REPORT = Path("tlops-report.md")
-
-
-def _fail(exc: TlopsError) -> typer.Exit:
-    """Print a one-line cause to stderr and turn it into the exit code of its kind."""
-    typer.secho(f"error: {redact_text(str(exc))}", fg=typer.colors.RED, err=True)
-    return typer.Exit(exc.exit_code)
-
-
-def _expected(exc: BaseException) -> TlopsError | None:
-    """The expected failure ``exc`` is, as a :class:`TlopsError`; None for a bug.
-
-    A storage failure (full disk, read-only or forbidden folder, :data:`STORAGE_ERRNOS`) is
-    one, anywhere in a run: flows and tasks raise the task's own exception, unwrapped.
-    """
-    import httpx
-
-    if isinstance(exc, TlopsError):
-        return exc
-    if isinstance(exc, httpx.HTTPError):
-        return ServiceError(f"Prefect API unreachable or failing: {exc}")
-    return storage_error(exc)
-
-
-def _guard(action: Callable[[], T], on_error: Callable[[TlopsError], None] | None = None) -> T:
-    """Run a command body, mapping expected failures to their exit codes (``on_error`` first
-    sees the failure, e.g. to write a CI report; its own storage failure is said, not raised)."""
-    try:
-        return action()
-    except Exception as exc:
-        error = _expected(exc)
-        if error is None:
-            raise
-        if on_error is not None:
-            try:
-                on_error(error)
-            except OSError as report_exc:
-                why = storage_error(report_exc) or report_exc
-                typer.secho(f"error: writing the report: {why}", fg=typer.colors.RED, err=True)
-        raise _fail(error) from None
-
-
-class _NoExpectedTraceback(logging.Formatter):
-    """Formats like ``inner``, but without the traceback of an expected failure."""
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record's lines; an expected exception is left to the CLI's one line."""
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is None or _expected(exc) is None:
-            return self.inner.format(record)
-        saved = record.exc_info, record.exc_text
-        record.exc_info, record.exc_text = None, None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
-
-
-def _quiet_expected_tracebacks() -> None:
-    """Prefect logs a failed task or flow run with its traceback on the console; for an
-    expected failure the console keeps Prefect's line and the CLI's ``error:`` line (the
-    Prefect API's copy of the log keeps the traceback)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
-    for handler in {h for lg in loggers for h in lg.handlers}:
-        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
-            handler.formatter, _NoExpectedTraceback
-        ):
-            handler.setFormatter(_NoExpectedTraceback(handler.formatter))
-
-
-def _append_step_summary(markdown: str) -> bool:
-    """Append to ``$GITHUB_STEP_SUMMARY``; False when it is not set."""
-    target = os.environ.get("GITHUB_STEP_SUMMARY")
-    if target:
-        try:
-            with Path(target).open("a", encoding="utf-8") as handle:
-                handle.write(markdown + "\n")
-        except OSError as exc:  # a failed flush or close names no file: name it
-            raise OSError(exc.errno, exc.strerror, exc.filename or target) from None
-    return bool(target)
-
-
-def _publish_summary(markdown: str) -> None:
-    """Print a run summary and append it to ``$GITHUB_STEP_SUMMARY`` when set."""
-    markdown = redact_text(markdown)
-    typer.echo(markdown)
-    _append_step_summary(markdown)
 
 
 def _load(
@@ -226,113 +168,9 @@ def sample(
     try:
         summary = write_sample(out, force=force)
     except FileExistsError as exc:
-        raise _fail(ConfigError(f"{exc} (use --force to replace it)")) from None
+        raise fail(ConfigError(f"{exc} (use --force to replace it)")) from None
     parts = ", ".join(f"{part} {sum(s.values())}" for part, s in summary.parts.items())
     typer.echo(f"wrote {summary.nfiles} images to {summary.root} ({parts})")
-
-
-#: Heavy packages each flow will need, imported in the background while it starts (stage order).
-_DATA_STAGES = ("dvc.repo", "dvc.api", "great_expectations")
-PRELOAD: dict[str, tuple[str, ...]] = {
-    "validate_flow": _DATA_STAGES,
-    # never MLflow: the main thread imports it at once (the "nothing changed" check), and two
-    # threads importing its protobuf modules together fail ("Couldn't build proto file into
-    # descriptor pool: Depends on file 'databricks.proto'"), seen in CI
-    "train_flow": (
-        *_DATA_STAGES,
-        "tlops.model.classifier",
-        "tlops.model.training",
-        "tlops.model.metrics",
-    ),
-}
-
-
-def _preload(modules: tuple[str, ...]) -> threading.Thread:
-    """Import ``modules`` in a daemon thread; a failed import is left for its stage to report.
-
-    Started once Prefect and the flow module are imported, it overlaps the heavy imports
-    (TensorFlow alone takes 10-20 s) with the start of Prefect's temporary API server, which
-    runs in a subprocess while the main thread waits for it.
-    """
-
-    def work() -> None:
-        for name in modules:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=work, name="tlops-preload", daemon=True)
-    thread.start()
-    return thread
-
-
-def _start_prefect_api(preload: tuple[str, ...]) -> None:
-    """Start Prefect's temporary API server (no ``PREFECT_API_URL``) while ``preload`` imports.
-
-    This is the server Prefect itself would start at the first API call (the same
-    ``SubprocessASGIServer`` singleton, so the flow reuses it); starting it here lets the heavy
-    imports run in a thread while the main thread only waits for the server's health check.
-    """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        _preload(preload)
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    _preload(preload)
-    SubprocessASGIServer().start()
-
-
-def _flow(flow_module: str, flow_name: str) -> Callable[..., Any]:
-    """Import a flow (Prefect is slow to import), then start its API and the preloading."""
-    run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
-    _quiet_expected_tracebacks()
-    if os.environ.get("TLOPS_PRELOAD", "1") != "0":
-        _start_prefect_api(PRELOAD.get(flow_name, ()))
-    return run_flow
-
-
-def ci_mode(flag: bool) -> bool:
-    """``--ci``, or ``$CI`` set to anything but empty / 0 / false (as CI services do)."""
-    return flag or os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
-
-
-def _report_text(outcome: Any) -> str:
-    """The run summary followed by the full report file when the flow wrote one."""
-    text = str(outcome.summary())
-    path = getattr(outcome, "report_path", None)
-    if path and Path(path).is_file():
-        text += "\n\n" + Path(path).read_text(encoding="utf-8")
-    return text
-
-
-def _write_report(text: str, ci: bool, report: Path | None) -> None:
-    """CI: the report to ``$GITHUB_STEP_SUMMARY``, else to ``--report`` / tlops-report.md."""
-    text = redact_text(text)
-    summarized, failure = False, None
-    try:
-        summarized = ci and _append_step_summary(text)
-    except OSError as exc:  # e.g. a full disk: the report file below is still written
-        failure = exc
-    target = report or (DEFAULT_REPORT if ci and not summarized else None)
-    if target is not None:
-        try:
-            target.write_text(text + "\n", encoding="utf-8")
-        except OSError as exc:  # a failed flush or close names no file: name it
-            raise OSError(exc.errno, exc.strerror, exc.filename or str(target)) from None
-        typer.echo(f"report: {target}")
-    if failure is not None:
-        raise failure
-
-
-def _note_override(policy: PolicyOrigin) -> None:
-    """Say on stderr that ``--set`` replaced policy keys (the run records it too)."""
-    if policy.overrides:
-        typer.secho(
-            f"note: --set {', '.join(policy.overrides)} overrides the promotion policy of"
-            f" {policy.file}; recorded on the run and any version as policy.source=override",
-            fg=typer.colors.YELLOW, err=True,
-        )  # fmt: skip
 
 
 def _run_flow(
@@ -350,32 +188,26 @@ def _run_flow(
     ci = ci_mode(ci)
 
     def body() -> None:
+        # 1. the config; a CI run may not override the promotion policy of the train flow
         cfg = _load(config, [*(overrides or []), *fixed], data_rev, allow_dirty)
         if ci and flow_name == "train_flow":
             refuse_policy_overrides(overrides or [], cfg, "a CI run")
-        run_flow = _flow(flow_module, flow_name)
+        # 2. the flow, with its preloading and Prefect's temporary API started
+        run_flow = start_flow(flow_module, flow_name)
+        # 3. the train flow's run tags: the trigger and the policy's origin
         extra: dict[str, Any] = {}
-        if flow_name == "train_flow":  # the trigger and the policy's origin become run tags
+        if flow_name == "train_flow":
             policy = policy_origin(config, overrides or [], cfg)
-            _note_override(policy)
+            note_policy_override(policy)
             extra = {"trigger": "ci" if ci else "manual", "policy": policy}
+        # 4. the run, its summary and report, and its exit code
         outcome = run_flow(cfg, **extra)
-        if ci or report:
-            typer.echo(outcome.summary())
-            _write_report(_report_text(outcome), ci, report)
-        else:
-            _publish_summary(outcome.summary())
+        publish_run(outcome, ci, report)
         code = int(getattr(outcome, "exit_code", 0))
         if code:
             raise typer.Exit(code)
 
-    def failed(exc: TlopsError) -> None:
-        if ci or report:
-            text = f"### tlops {flow_name}: failed (exit {exc.exit_code})\n\nerror: {exc}"
-            text = redact_text(text)
-            _write_report(text, ci, report)
-
-    _guard(body, failed)
+    guard(body, lambda exc: report_failure(flow_name, exc, ci, report))
 
 
 @app.command()
@@ -467,17 +299,14 @@ def sweep(
         if ci_mode(False):  # (a grid cannot vary the policy: tlops.jobs.sweep.FIXED_KEYS)
             refuse_policy_overrides(set_ or [], cfg, "a CI run")
         policy = policy_origin(config, set_ or [], cfg)
-        _note_override(policy)
-        run_sweep = importlib.import_module("flows.sweep").run_sweep
-        _quiet_expected_tracebacks()
-        if os.environ.get("TLOPS_PRELOAD", "1") != "0" and not address:  # remote: a real API
-            _start_prefect_api((*PRELOAD["validate_flow"], "mlflow"))
+        note_policy_override(policy)
+        run_sweep = start_flow("flows.sweep", "run_sweep", prefect_api=not address)
         outcome = run_sweep(cfg, spec, workers or 2, address, policy)
-        _publish_summary(outcome.summary())
+        publish_summary(outcome.summary())
         if outcome.exit_code:
             raise typer.Exit(outcome.exit_code)
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -497,13 +326,13 @@ def reproduce(model_uri: ModelUriArg) -> None:
         info = resolve(model_uri)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = reproduction_config(info, Path(tmp))
-        outcome = _flow("flows.train", "train_flow")(cfg, force=True)
+        outcome = start_flow("flows.train", "train_flow")(cfg, force=True)
         from tlops.adapters.tracking import set_tags
 
         set_tags(outcome.run_id, {"tlops.reproduces": f"models:/{info.name}/{info.version}"})
-        _publish_summary(reproduction_report(info, outcome.evaluated.metrics, outcome.run_id))
+        publish_summary(reproduction_report(info, outcome.evaluated.metrics, outcome.run_id))
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -531,7 +360,7 @@ def compare(
                 f"| {name} | {weights} | {value:.4f} | {100 * (value - reference):+.1f} points |"
             )
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -552,7 +381,7 @@ def history(model_name: Annotated[str, typer.Argument(help="registered model nam
                 f" {e.flow_run_id}  {e.why}"
             )
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -582,7 +411,7 @@ def deploy(
         typer.echo(f"runs need a worker: prefect worker start --pool {pool}")
         typer.echo(f"run it now: prefect deployment run tlops-retrain/{name}")
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -600,6 +429,7 @@ def status(
     First settles what a stopped run left half promoted (reconcile) and says what it did."""
 
     def body() -> None:
+        from flows.deploy import schedule_lines
         from tlops.jobs.lineage import lineage_card
         from tlops.jobs.reconcile import try_reconcile
         from tlops.jobs.status import model_status, render_status
@@ -607,30 +437,9 @@ def status(
         for line in try_reconcile(model_name, alias, previous, lineage_card).lines():
             typer.echo(line)
         found = model_status(model_name, alias, last)
-        typer.echo(redact_text(render_status(found, _schedule_lines(model_name))))
+        typer.echo(redact_text(render_status(found, schedule_lines(model_name))))
 
-    _guard(body)
-
-
-def _schedule_lines(model_name: str) -> list[str]:
-    """Deployments of ``model_name`` from the configured Prefect API; none without one.
-
-    Without ``PREFECT_API_URL`` there is no server whose scheduler would run a deployment, so
-    nothing is asked (and no temporary server is started just for this).
-    """
-    if not os.environ.get("PREFECT_API_URL"):
-        return ["  schedule: PREFECT_API_URL not set (deployments live on a Prefect server)"]
-    from flows.deploy import model_deployments
-
-    lines = []
-    for d in model_deployments(model_name):
-        cron = ", ".join(d.cron) or "no schedule"
-        state = " (paused)" if d.paused else ""
-        lines.append(
-            f"  deployment tlops-retrain/{d.name}{state}: {cron}, pool {d.work_pool},"
-            f" config {d.config_path}; next run: {d.next_run or 'none scheduled'}"
-        )
-    return lines
+    guard(body)
 
 
 @app.command()
@@ -643,7 +452,7 @@ def lineage(model_uri: ModelUriArg) -> None:
 
         typer.echo(redact_text(lineage_card(resolve(model_uri))))
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -670,27 +479,12 @@ def predict(
         if rows and all(r.error for r in rows):
             raise typer.Exit(3)
 
-    _guard(body)
-
-
-#: Defaults unless the environment says otherwise: offline-first (no usage analytics); time
-#: for Prefect's temporary server to start on a busy 2-core machine (Prefect's default, 20 s,
-#: was seen to run out while TensorFlow was importing beside it); and Prefect client retries
-#: on HTTP 500 too, which a SQLite-backed Prefect server answers when concurrent flow runs
-#: hit "database is locked" (seen here with two flows and a worker on one server).
-ENV_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "GX_ANALYTICS_ENABLED": "false",
-    "DVC_NO_ANALYTICS": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
-}
+    guard(body)
 
 
 def main() -> None:
     """Entry point of the ``tlops`` script."""
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_env_defaults()
     app()
 
 

@@ -1,13 +1,15 @@
 """Deployments of the retrain flow and what the Prefect API knows about their schedules.
 
 ``tlops deploy`` registers ``flows/retrain.py:retrain_flow`` for a work pool with the config
-*path* as its parameter: the YAML stays the single source of the run's values.
+*path* as its parameter: the YAML stays the single source of the run's values; ``tlops status``
+shows their schedules (:func:`schedule_lines`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -165,3 +167,22 @@ def model_deployments(model_name: str) -> list[DeploymentInfo]:
     except OSError as exc:
         raise ServiceError(f"Prefect API unreachable: {exc}") from None
     return out
+
+
+def schedule_lines(model_name: str) -> list[str]:
+    """The ``tlops status`` lines of ``model_name``'s deployments; none without a Prefect API.
+
+    Without ``PREFECT_API_URL`` there is no server whose scheduler would run a deployment, so
+    nothing is asked (and no temporary server is started just for this).
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        return ["  schedule: PREFECT_API_URL not set (deployments live on a Prefect server)"]
+    lines = []
+    for d in model_deployments(model_name):
+        cron = ", ".join(d.cron) or "no schedule"
+        state = " (paused)" if d.paused else ""
+        lines.append(
+            f"  deployment tlops-retrain/{d.name}{state}: {cron}, pool {d.work_pool},"
+            f" config {d.config_path}; next run: {d.next_run or 'none scheduled'}"
+        )
+    return lines

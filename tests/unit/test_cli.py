@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import _write_report, app, ci_mode
+from flows.cli import app
+from flows.reports import ci_mode, write_report
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 BAD = str(Path(__file__).resolve().parents[1] / "configs" / "invalid" / "unknown_field.yaml")
@@ -61,6 +62,22 @@ def test_exit_codes(cli: CliRunner, args: list[str], code: int, text: str) -> No
     assert text in done.output
 
 
+def test_version_needs_no_service(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import version
+
+    from conftest import free_port
+
+    import tlops
+
+    # nothing listens on either port: --version asks neither MLflow nor Prefect
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    done = cli.invoke(app, ["--version"])
+    assert done.exit_code == 0, done.output
+    assert done.output == f"tlops {version('tlops')}\n"
+    assert version("tlops") == tlops.__version__  # the package metadata and the source agree
+
+
 def test_sample_refuses_an_existing_folder_with_2(cli: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("x")
@@ -91,13 +108,13 @@ def test_ci_mode_and_where_the_report_goes(tmp_path: Path, monkeypatch: pytest.M
         assert ci_mode(False) is expected
     assert ci_mode(True)
     # CI without a step summary: the default file
-    _write_report("# report", ci=True, report=None)
+    write_report("# report", ci=True, report=None)
     assert (tmp_path / "tlops-report.md").read_text() == "# report\n"
     # CI with a step summary: appended there; --report also writes its file
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    _write_report("# second", ci=True, report=tmp_path / "out.md")
+    write_report("# second", ci=True, report=tmp_path / "out.md")
     assert summary.read_text() == "earlier step\n# second\n"
     assert (tmp_path / "out.md").read_text() == "# second\n"
 
