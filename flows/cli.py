@@ -38,6 +38,82 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Arguments and options of several commands.
+ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML), e.g. configs/demo.yaml")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config value: --set data.image_size=96 (repeatable)"),
+]
+RevOpt = Annotated[
+    str | None, typer.Option("--data-rev", help="git revision of data.dvc (default: working tree)")
+]
+DirtyOpt = Annotated[
+    bool,
+    typer.Option("--allow-dirty", help="accept data that differs from data.dvc (lineage: dirty)"),
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="recompute the md5 of the cached data too (every run checks file sizes and mtimes);"
+        " a cached copy that fails is replaced ($TLOPS_VERIFY_DATA=1 does the same)",
+    ),
+]
+GridOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--grid",
+        help="a hyperparameter and its values, read like --set values: --grid"
+        " train.frozen.learning_rate=0.01,0.001 (repeatable; trials = every combination)",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="processes of the local Dask cluster [default: 2]"),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers"
+        " need this project, PREFECT_API_URL, and the same MLflow store and tlops folders)",
+    ),
+]
+ModelUriArg = Annotated[
+    str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
+]
+CiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ci",
+        help="CI mode (also when $CI is set): write the Markdown report (candidate vs champion,"
+        " verdict, confusion matrix, newly misclassified) to $GITHUB_STEP_SUMMARY or --report",
+    ),
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option("--report", help="also write the Markdown report to this file (CI default:"
+                 " tlops-report.md when $GITHUB_STEP_SUMMARY is not set)"),
+]  # fmt: skip
+
+
+def _request_verify(verify: bool) -> None:
+    """``--verify``: ask the data resolution (in this process) for a full md5 check."""
+    if verify:
+        os.environ["TLOPS_VERIFY_DATA"] = "1"
+
+
+def _load(
+    config: Path, overrides: list[str] | None, data_rev: str | None, dirty: bool
+) -> RunConfig:
+    """Load a config file with overrides; ``--data-rev`` and ``--allow-dirty`` are overrides."""
+    extra = list(overrides or [])
+    if data_rev is not None:
+        extra.append(f"data.rev={json.dumps(data_rev)}")
+    if dirty:
+        extra.append("data.allow_dirty=true")
+    return load_config(config, extra)
+
 
 def package_version() -> str:
     """The installed package's version (its metadata), else the source tree's ``__version__``."""
@@ -68,64 +144,6 @@ def _options(
     ] = False,
 ) -> None:
     """Options of ``tlops`` itself, before the command (only ``--version``)."""
-
-
-ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML), e.g. configs/demo.yaml")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override a config value: --set data.image_size=96 (repeatable)"),
-]
-RevOpt = Annotated[
-    str | None, typer.Option("--data-rev", help="git revision of data.dvc (default: working tree)")
-]
-DirtyOpt = Annotated[
-    bool,
-    typer.Option("--allow-dirty", help="accept data that differs from data.dvc (lineage: dirty)"),
-]
-VerifyOpt = Annotated[
-    bool,
-    typer.Option(
-        "--verify",
-        help="recompute the md5 of the cached data too (every run checks file sizes and mtimes);"
-        " a cached copy that fails is replaced ($TLOPS_VERIFY_DATA=1 does the same)",
-    ),
-]
-
-
-def _request_verify(verify: bool) -> None:
-    """``--verify``: ask the data resolution (in this process) for a full md5 check."""
-    if verify:
-        os.environ["TLOPS_VERIFY_DATA"] = "1"
-
-
-ModelUriArg = Annotated[
-    str, typer.Argument(help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
-]
-CiOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ci",
-        help="CI mode (also when $CI is set): write the Markdown report (candidate vs champion,"
-        " verdict, confusion matrix, newly misclassified) to $GITHUB_STEP_SUMMARY or --report",
-    ),
-]
-ReportOpt = Annotated[
-    Path | None,
-    typer.Option("--report", help="also write the Markdown report to this file (CI default:"
-                 " tlops-report.md when $GITHUB_STEP_SUMMARY is not set)"),
-]  # fmt: skip
-
-
-def _load(
-    config: Path, overrides: list[str] | None, data_rev: str | None, dirty: bool
-) -> RunConfig:
-    """Load a config file with overrides; ``--data-rev`` and ``--allow-dirty`` are overrides."""
-    extra = list(overrides or [])
-    if data_rev is not None:
-        extra.append(f"data.rev={json.dumps(data_rev)}")
-    if dirty:
-        extra.append("data.allow_dirty=true")
-    return load_config(config, extra)
 
 
 @app.command()
@@ -261,29 +279,12 @@ def pretrain(
 @app.command()
 def sweep(
     config: ConfigArg,
-    grid: Annotated[
-        list[str],
-        typer.Option(
-            "--grid",
-            help="a hyperparameter and its values, read like --set values: --grid"
-            " train.frozen.learning_rate=0.01,0.001 (repeatable; trials = every combination)",
-        ),
-    ],
+    grid: GridOpt,
     set_: SetOpt = None,
     data_rev: RevOpt = None,
     allow_dirty: DirtyOpt = False,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", min=1, help="processes of the local Dask cluster [default: 2]"),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (its workers"
-            " need this project, PREFECT_API_URL, and the same MLflow store and tlops folders)",
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
+    address: AddressOpt = None,
 ) -> None:
     """Train a hyperparameter grid in parallel on Dask: one MLflow child run per trial under a
     parent run; only the trial with the best validation score is gated and registered."""
@@ -291,15 +292,18 @@ def sweep(
     def body() -> None:
         from tlops.jobs.sweep import expand_grid, parse_grid
 
+        # 1. the options, the config and every grid point are checked before anything starts
         if address and workers is not None:
             raise ConfigError("--workers sizes the local cluster; drop it with --address")
         cfg = _load(config, set_, data_rev, allow_dirty)
         spec = parse_grid(grid)
-        expand_grid(cfg, spec)  # every grid point is validated before anything starts
-        if ci_mode(False):  # (a grid cannot vary the policy: tlops.jobs.sweep.FIXED_KEYS)
+        expand_grid(cfg, spec)
+        # 2. the policy: fixed in CI (a grid cannot vary it: tlops.jobs.sweep.FIXED_KEYS)
+        if ci_mode(False):
             refuse_policy_overrides(set_ or [], cfg, "a CI run")
         policy = policy_origin(config, set_ or [], cfg)
         note_policy_override(policy)
+        # 3. the flow (a remote cluster's runs need a real Prefect API), its summary and exit code
         run_sweep = start_flow("flows.sweep", "run_sweep", prefect_api=not address)
         outcome = run_sweep(cfg, spec, workers or 2, address, policy)
         publish_summary(outcome.summary())
