@@ -6,6 +6,7 @@ the flow tests; these run in-process on a temporary SQLite tracking store.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ from flows.reports import ci_mode, write_report
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 BAD = str(Path(__file__).resolve().parents[1] / "configs" / "invalid" / "unknown_field.yaml")
+
+
+def _free_port() -> int:
+    """A free TCP port on 127.0.0.1 (nothing listens on it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +73,11 @@ def test_exit_codes(cli: CliRunner, args: list[str], code: int, text: str) -> No
 def test_version_needs_no_service(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import version
 
-    from conftest import free_port
-
     import tlops
 
     # nothing listens on either port: --version asks neither MLflow nor Prefect
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_free_port()}/api")
     done = cli.invoke(app, ["--version"])
     assert done.exit_code == 0, done.output
     assert done.output == f"tlops {version('tlops')}\n"
@@ -89,9 +95,7 @@ def test_sample_refuses_an_existing_folder_with_2(cli: CliRunner, tmp_path: Path
 def test_unreachable_tracking_server_exits_5(
     cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import free_port
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     for args in (["history", "digits"], ["status", "digits"], ["lineage", "models:/d@champion"]):
