@@ -1,0 +1,83 @@
+"""``tlops status`` (:func:`tlops.jobs.status.model_status`) against a real SQLite MLflow
+store: the champion with its ledger entry, the recent runs, and the rendered text."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tlops.adapters import registry, tracking
+from tlops.errors import ConfigError
+from tlops.jobs.status import model_status, render_status
+
+
+def unique(prefix: str) -> str:
+    """A model or experiment name no other test of the module uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def finished_run(experiment: str, tags: dict[str, str], accuracy: float | None) -> str:
+    """A finished run with tags and, maybe, a test accuracy."""
+    run_id = tracking.start_run(experiment, f"run-{len(tags)}", {}, tags)
+    if accuracy is not None:
+        tracking.log_metrics(run_id, {"test_accuracy": accuracy})
+    tracking.finish_run(run_id)
+    time.sleep(0.01)  # distinct start times, for the order
+    return run_id
+
+
+def test_an_unknown_model_is_a_config_error(store: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        model_status(unique("nobody"))
+    assert caught.value.exit_code == 2 and "no registered model or experiment" in str(caught.value)
+
+
+def test_runs_without_a_champion(store: str) -> None:
+    name = unique("runs")
+    first = finished_run(name, {"tlops.trigger": "manual", "gate.decision": "reject"}, 0.5)
+    second = finished_run(name, {"tlops.trigger": "schedule"}, None)
+    status = model_status(name)
+    assert status.champion is None and status.promoted_at is None
+    assert [r.run_id for r in status.runs] == [second, first]  # newest first
+    newest, oldest = status.runs
+    assert (oldest.trigger, oldest.decision, oldest.test_accuracy) == ("manual", "reject", 0.5)
+    assert (newest.trigger, newest.decision, newest.test_accuracy) == ("schedule", "-", None)
+    assert oldest.status == "FINISHED" and oldest.started.endswith("+00:00")
+    assert [r.run_id for r in model_status(name, last=1).runs] == [second]
+    text = render_status(status, [])
+    assert "champion: none yet" in text and "last 2 runs:" in text
+    assert "gate reject" in text and "acc 0.5000" in text and "acc -" in text
+    assert text.splitlines()[-1] == "  schedule: no deployment (tlops deploy CONFIG --name NAME)"
+
+
+def test_the_champion_and_when_it_was_promoted(model_run: Any) -> None:
+    name = unique("champ")
+    experiment = unique("elsewhere")  # the champion's run lives in another experiment
+    run_id = model_run(experiment)
+    tags = {"data.md5": "m" * 32, "git.commit": "c" * 40, "metric.test_accuracy": "0.9"}
+    info = registry.register(name, run_id, f"runs:/{run_id}/model", tags, "")
+    registry.move_alias(name, "champion", info.version, "gate passed: better", "flow", run_id)
+    tracking.set_tags(run_id, {"registered.version": info.version})
+    status = model_status(name)
+    assert status.champion is not None and status.champion.version == "1"
+    assert status.promoted_why == "gate passed: better" and status.promoted_at
+    assert [(r.run_id, r.registered) for r in status.runs] == [(run_id, "1")]
+    text = render_status(status, ["  schedule: nightly"])
+    assert f"champion: v1 (run {run_id}), promoted {status.promoted_at}" in text
+    assert "why: gate passed: better" in text and f"md5 {'m' * 32}" in text
+    assert f"commit {'c' * 12} " in text and "test accuracy: 0.9" in text
+    assert f"-> v1  run ({run_id[:12]})" in text
+    assert text.splitlines()[-1] == "  schedule: nightly"
+
+
+def test_a_champion_without_a_ledger_entry(model_run: Any) -> None:
+    name = unique("manual")
+    run_id = model_run(name)
+    info = registry.register(name, run_id, f"runs:/{run_id}/model", {}, "")
+    registry.set_alias(name, "champion", info.version)  # by hand: no ledger entry
+    status = model_status(name)
+    assert status.champion is not None and status.promoted_at is None
+    assert "promoted ?" in render_status(status, [])
