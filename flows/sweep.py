@@ -26,6 +26,7 @@ from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
 from tlops.decision.gate import Verdict
 from tlops.errors import ConfigError
+from tlops.jobs.context import RunContext
 from tlops.jobs.policy import PolicyOrigin
 from tlops.jobs.register import PromotionResult
 from tlops.jobs.sweep import (
@@ -87,30 +88,32 @@ class SweepOutcome(BaseModel):
         )
 
 
-def _run_trials(
-    trials: list[Trial], run_ids: list[str], validation: ValidationOutcome, flow_run_id: str
-) -> list[TrialResult]:
-    """Submit every trial to the task runner, wait for all, and return their results.
+def _open_trial(base: RunContext, trial: Trial) -> RunContext:
+    """A trial's context: its config, its own folder under the flow run's, its MLflow run."""
+    ctx = base.for_trial(trial.config, str(run_dir(f"{base.flow_run_id}/trial-{trial.index + 1}")))
+    return ctx.with_run(start_tracking_task(ctx))
+
+
+def _run_trials(trials: list[Trial], contexts: list[RunContext]) -> list[TrialResult]:
+    """Submit every trial (in its context: config, folder, MLflow run) to the task runner, wait
+    for all, and return their results.
 
     A failed trial has its run marked FAILED; once all have ended, the first failure is raised
     (the others' runs stay as they finished).
     """
-    data, manifest, report = validation.data, validation.manifest, validation.verdict.report_path
     environment = worker_environment()
-    futures = []
-    for trial, run_id in zip(trials, run_ids, strict=True):
-        out_dir = str(run_dir(f"{flow_run_id}/trial-{trial.index + 1}"))
-        futures.append(
-            trial_task.submit(trial, data, manifest, out_dir, run_id, report, environment)
-        )
+    futures = [
+        trial_task.submit(trial, ctx, environment)
+        for trial, ctx in zip(trials, contexts, strict=True)
+    ]
     results: list[TrialResult] = []
     failures: list[tuple[Trial, BaseException]] = []
-    for trial, run_id, future in zip(trials, run_ids, futures, strict=True):
+    for trial, ctx, future in zip(trials, contexts, futures, strict=True):
         try:
             results.append(future.result())
         except Exception as exc:
             get_run_logger().error("trial %s (%s) failed: %s", trial.number, trial.label, exc)
-            fail_tracking_task(run_id)
+            fail_tracking_task(ctx.run_id)
             failures.append((trial, exc))
     if failures:
         raise trial_failure(failures, len(trials))
@@ -135,31 +138,23 @@ def sweep_flow(
     flow_run_id = str(flow_run.get_id() or "local")
     trials = expand_grid(config, grid)
     validation = validate_flow(config)
-    data, manifest = validation.data, validation.manifest
-    parent_id = start_sweep_task(config, grid, data, manifest, flow_run_id, cluster)
+    base = RunContext.of(config, validation, flow_run_id, policy)
+    parent = base.with_run(start_sweep_task(base, grid, cluster))
     try:
-        run_ids = [
-            start_tracking_task(t.config, data, manifest, flow_run_id, policy=policy)
-            for t in trials
-        ]
-        for trial, run_id in zip(trials, run_ids, strict=True):
-            nest_trial_task(run_id, parent_id, trial)
-        results = _run_trials(trials, run_ids, validation, flow_run_id)
+        contexts = [_open_trial(base, trial) for trial in trials]
+        for trial, ctx in zip(trials, contexts, strict=True):
+            nest_trial_task(ctx.run_id, parent.run_id, trial)
+        results = _run_trials(trials, contexts)
         best = choose_best(results, config.train.monitor)
-        chosen = trials[best.index].config
-        verdict = gate_task(
-            chosen, best.trained, best.evaluated, data, manifest, best.run_id, best.out_dir
-        )
-        promotion = register_task(
-            chosen, verdict, best.trained, best.evaluated, data, manifest, best.run_id,
-            best.model_uri, flow_run_id,
-        )  # fmt: skip
-        finish_sweep_task(parent_id, config, trials, results, best, promotion)
+        chosen = contexts[best.index]
+        gate = gate_task(chosen, best.trained, best.evaluated)
+        promotion = register_task(chosen, gate, best.model_uri)
+        finish_sweep_task(parent, trials, results, best, promotion)
     except BaseException:
-        fail_tracking_task(parent_id)
+        fail_tracking_task(parent.run_id)
         raise
     return SweepOutcome(
-        validation=validation, parent_run_id=parent_id, cluster=cluster,
+        validation=validation, parent_run_id=parent.run_id, cluster=cluster,
         monitor=config.train.monitor, trials=trials, results=results, best=best,
         verdict=promotion.verdict, promotion=promotion, tracking_uri=shown_tracking_uri(),
     )  # fmt: skip

@@ -20,7 +20,7 @@ from tasks.train import (
 from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
 from tlops.decision.gate import Verdict
-from tlops.decision.report import REPORT_FILE
+from tlops.jobs.context import RunContext
 from tlops.jobs.policy import PolicyOrigin
 from tlops.jobs.register import PromotionResult
 from tlops.jobs.train import EvalSummary, TrainSummary
@@ -110,7 +110,7 @@ def train_flow(
     :mod:`tlops.jobs.policy`; None: unknown) are tagged on the MLflow run, and so on its version.
     """
     flow_run_id = str(flow_run.get_id() or "local")
-    out_dir = str(run_dir(flow_run_id))
+    run_dir(flow_run_id)  # the run's folder exists from the start
     reconciled = reconcile_task(config)
     resolved = None
     if not force:
@@ -122,32 +122,26 @@ def train_flow(
                 data_md5=resolved.md5, reconciled=reconciled,
             )  # fmt: skip
     validation = validate_flow(config, resolved)
-    run_id = start_tracking_task(
-        config, validation.data, validation.manifest, flow_run_id, trigger, policy
-    )
+    ctx = RunContext.of(config, validation, flow_run_id, policy, trigger)
+    ctx = ctx.with_run(start_tracking_task(ctx))
     try:
-        trained = train_task(config, validation.data, validation.manifest, out_dir, run_id)
-        evaluated = evaluate_task(config, trained, validation.data, validation.manifest, out_dir)
-        model_uri = record_task(
-            run_id, config, trained, evaluated, out_dir, validation.verdict.report_path
-        )
+        trained = train_task(ctx)
+        evaluated = evaluate_task(ctx, trained)
+        model_uri = record_task(ctx, trained, evaluated)
     except BaseException:
-        fail_tracking_task(run_id)
+        fail_tracking_task(ctx.run_id)
         raise
-    data, manifest = validation.data, validation.manifest
-    verdict = gate_task(config, trained, evaluated, data, manifest, run_id, out_dir)
-    promotion = register_task(
-        config, verdict, trained, evaluated, data, manifest, run_id, model_uri, flow_run_id
-    )
+    gate = gate_task(ctx, trained, evaluated)
+    promotion = register_task(ctx, gate, model_uri)
     return TrainOutcome(
         validation=validation,
-        run_id=run_id,
+        run_id=ctx.run_id,
         model_uri=model_uri,
         trained=trained,
         evaluated=evaluated,
         verdict=promotion.verdict,
         promotion=promotion,
         tracking_uri=shown_tracking_uri(),
-        report_path=str(run_dir(flow_run_id) / REPORT_FILE),
+        report_path=gate.report_path,
         reconciled=reconciled,
     )

@@ -10,30 +10,19 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.train import evaluate_task, record_task, train_task
 from tlops.adapters import tracking
-from tlops.config import RunConfig
-from tlops.data.version import DataVersion
 from tlops.jobs import sweep
+from tlops.jobs.context import RunContext
 from tlops.jobs.register import PromotionResult
-from tlops.jobs.train import run_tags
-from tlops.jobs.validate import ManifestInfo
 
 
 @task(name="start-sweep", cache_policy=NO_CACHE)
-def start_sweep_task(
-    config: RunConfig, grid: sweep.Grid, data: DataVersion, manifest: ManifestInfo,
-    flow_run_id: str, cluster: str,
-) -> str:  # fmt: skip
+def start_sweep_task(ctx: RunContext, grid: sweep.Grid, cluster: str) -> str:
     """Open the sweep's parent MLflow run in the config's experiment: the grid as tags."""
-    run_name = f"{config.name}-sweep-{grid.size}trials"
-    tags = {
-        **run_tags(config, data, flow_run_id),
-        **sweep.parent_tags(grid, config.train.monitor, cluster),
-    }
-    run_id = tracking.start_run(config.name, run_name, sweep.parent_params(config, grid), tags)
-    tracking.log_dataset(run_id, data, manifest.digest, context="train")
+    run_id = sweep.open_parent_run(ctx, grid, cluster)
     get_run_logger().info(
-        "sweep %s: parent MLflow run %s, grid %s", run_name, run_id, grid.describe()
-    )
+        "sweep %s: parent MLflow run %s, grid %s",
+        sweep.parent_run_name(ctx, grid), run_id, grid.describe(),
+    )  # fmt: skip
     return run_id
 
 
@@ -47,51 +36,36 @@ def nest_trial_task(run_id: str, parent_run_id: str, trial: sweep.Trial) -> None
 
 @task(name="trial", task_run_name="trial {trial.number}: {trial.label}", cache_policy=NO_CACHE)
 def trial_task(
-    trial: sweep.Trial, data: DataVersion, manifest: ManifestInfo, out_dir: str, run_id: str,
-    contract_report: str, environment: dict[str, str],
-) -> sweep.TrialResult:  # fmt: skip
-    """Train, evaluate and record one grid point into its MLflow run: stages 4-5 of the train
-    flow, as its tasks (nested task runs), in one Dask worker process.
+    trial: sweep.Trial, ctx: RunContext, environment: dict[str, str]
+) -> sweep.TrialResult:
+    """Train, evaluate and record one grid point into its MLflow run (the trial's context):
+    stages 4-5 of the train flow, as its tasks (nested task runs), in one Dask worker process.
 
     ``environment`` is the flow's (:func:`tlops.jobs.sweep.worker_environment`): a worker that logs
     elsewhere fails here, before training.
     """
     sweep.check_worker_environment(environment)
-    config = trial.config
-    trained = train_task(config, data, manifest, out_dir, run_id)
-    evaluated = evaluate_task(config, trained, data, manifest, out_dir)
-    model_uri = record_task(run_id, config, trained, evaluated, out_dir, contract_report)
+    trained = train_task(ctx)
+    evaluated = evaluate_task(ctx, trained)
+    model_uri = record_task(ctx, trained, evaluated)
     return sweep.TrialResult(
-        index=trial.index, run_id=run_id, model_uri=model_uri, out_dir=out_dir,
+        index=trial.index, run_id=ctx.run_id, model_uri=model_uri, out_dir=ctx.out_dir,
         trained=trained, evaluated=evaluated,
     )  # fmt: skip
 
 
 @task(name="finish-sweep", cache_policy=NO_CACHE)
 def finish_sweep_task(
-    parent_run_id: str, config: RunConfig, trials: list[sweep.Trial],
-    results: list[sweep.TrialResult], best: sweep.TrialResult, promotion: PromotionResult,
+    parent: RunContext, trials: list[sweep.Trial], results: list[sweep.TrialResult],
+    best: sweep.TrialResult, promotion: PromotionResult,
 ) -> None:  # fmt: skip
     """Record the chosen trial and the promotion on the parent run, finish it, and publish the
     trials table as a Prefect artifact."""
-    monitor, chosen, score = config.train.monitor, trials[best.index], best.score()
-    metrics = {"best_test_accuracy": best.evaluated.metrics["test_accuracy"]}
-    if score is not None:
-        metrics[f"best_{monitor}"] = score
-    tracking.log_metrics(parent_run_id, metrics)
-    tracking.set_tags(
-        parent_run_id,
-        {
-            "sweep.best_run_id": best.run_id,
-            "sweep.best_trial": f"{chosen.number} {chosen.label}",
-            "sweep.promotion": promotion.line(),
-        },
-    )
-    tracking.finish_run(parent_run_id, "FINISHED")
-    table = sweep.markdown_table(trials, results, best.index, monitor)
+    markdown = sweep.finish_parent_run(parent, trials, results, best, promotion)
+    name, chosen = parent.config.name, trials[best.index]
     create_markdown_artifact(
-        key="sweep-" + "".join(c if c.isalnum() else "-" for c in config.name.lower()),
-        markdown=f"## sweep {config.name}\n\n{table}\n\n**{promotion.line()}**",
-        description=f"{config.name}: chosen trial {chosen.number} ({chosen.label})"[:500],
+        key="sweep-" + "".join(c if c.isalnum() else "-" for c in name.lower()),
+        markdown=markdown,
+        description=f"{name}: chosen trial {chosen.number} ({chosen.label})"[:500],
     )  # fmt: skip
     get_run_logger().info("chose trial %s (%s): %s", chosen.number, chosen.label, promotion.line())

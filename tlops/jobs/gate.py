@@ -1,5 +1,9 @@
 """Stage 6, the gate job: the candidate's evidence, the champion re-measured on the same test
-split, and the fingerprint that tells a scheduled run that nothing changed."""
+split, the verdict and its report, and the fingerprint that tells a scheduled run that nothing
+changed.
+
+:func:`judge_candidate` builds the candidate's evidence once; the register job reuses it (from
+the :class:`GateOutcome`) when it re-judges against a champion that moved meanwhile."""
 
 from __future__ import annotations
 
@@ -10,13 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from tlops.adapters import registry
+from tlops.adapters import registry, tracking
 from tlops.config import RunConfig
 from tlops.data.inputs import load_images, read_split
 from tlops.data.version import DataVersion
 from tlops.decision.gate import UNKNOWN_CODE, Evidence, Verdict, decide
+from tlops.decision.report import REPORT_FILE, write_report
+from tlops.jobs.context import RunContext
+from tlops.jobs.train import EvalSummary, TrainSummary, _latency, inputs_digest
 from tlops.jobs.validate import ManifestInfo
+
+VERDICT_FILE = "gate_verdict.json"
 
 
 def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> str:
@@ -29,9 +39,7 @@ def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> s
     ``unknown``: such a run is never "unchanged", and the gate never promotes it over a
     champion with the same inputs (:func:`tlops.decision.gate.same_as_champion`).
     """
-    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
-    blob = json.dumps([parts, data_md5], sort_keys=True, default=str)
-    inputs = hashlib.sha256(blob.encode()).hexdigest()[:32]
+    inputs = inputs_digest(cfg, data_md5)[:32]
     state = [code.get(k, UNKNOWN_CODE) for k in ("code.sha256", "lock.sha256")]
     if UNKNOWN_CODE in state:
         return f"{inputs}.{UNKNOWN_CODE}"
@@ -60,15 +68,6 @@ def candidate_evidence(
     return Evidence(metrics=metrics, correct=correct, classes=classes, fingerprint=fingerprint)
 
 
-def candidate_from_run(
-    cfg: RunConfig, data: DataVersion, classes: list[str], metrics: dict[str, float],
-    predictions_path: str, run_tags: dict[str, str],
-) -> Evidence:  # fmt: skip
-    """The candidate's evidence, its fingerprint from the config, data and the run's code."""
-    fingerprint = change_fingerprint(cfg, data.md5, run_tags)
-    return candidate_evidence(metrics, predictions_path, classes, fingerprint)
-
-
 def measure_version(
     info: registry.VersionInfo, cfg: RunConfig, data: DataVersion, manifest: ManifestInfo
 ) -> Evidence:
@@ -78,7 +77,6 @@ def measure_version(
     """
     import keras
 
-    from tlops.jobs.train import _latency
     from tlops.model import metrics as ev
     from tlops.model.classifier import probabilities
 
@@ -106,13 +104,66 @@ def measure_version(
 Judge = Callable[[registry.VersionInfo | None], Verdict]
 
 
-def judge_against(
-    cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, candidate: Evidence
-) -> Judge:
+def judge_against(ctx: RunContext, candidate: Evidence) -> Judge:
     """A function that decides the candidate against a given champion (or none)."""
+
+    cfg, data, manifest = ctx.config, ctx.data, ctx.manifest
 
     def judge(champion: registry.VersionInfo | None) -> Verdict:
         evidence = measure_version(champion, cfg, data, manifest) if champion else None
         return decide(cfg.gate, candidate, evidence)
 
     return judge
+
+
+class GateOutcome(BaseModel):
+    """What the gate leaves: the verdict, the candidate's evidence (for the register job) and
+    the report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdict: Verdict
+    candidate: Evidence
+    report_path: str
+
+    def markdown(self) -> str:
+        """The report's Markdown."""
+        return Path(self.report_path).read_text(encoding="utf-8")
+
+
+def judge_candidate(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> GateOutcome:
+    """Judge the context's candidate against the current champion, re-evaluated on the same
+    test split.
+
+    1. the candidate's evidence: its test predictions, and its fingerprint from the config, the
+       data and the code its run is tagged with (:func:`change_fingerprint`);
+    2. the champion (if any) re-measured on the same test split; decide;
+    3. write ``gate_verdict.json`` and the report into the run's folder, log both under
+       ``gate/`` and tag the run with the decision and the fingerprint.
+    """
+    cfg, run_id = ctx.config, ctx.run_id
+    fingerprint = change_fingerprint(cfg, ctx.data.md5, tracking.get_tags(run_id))
+    candidate = candidate_evidence(
+        evaluated.metrics, evaluated.predictions_path, trained.classes, fingerprint
+    )
+    champion = registry.version_by_alias(cfg.model_name, cfg.registry.champion_alias)
+    measured = measure_version(champion, cfg, ctx.data, ctx.manifest) if champion else None
+    verdict = decide(cfg.gate, candidate, measured)
+    verdict_file = ctx.out / VERDICT_FILE
+    verdict_file.write_text(verdict.to_json(), encoding="utf-8")
+    report = write_report(
+        ctx.out / REPORT_FILE, cfg.model_name, verdict, candidate, measured,
+        evaluated.predictions_path, run_id,
+    )  # fmt: skip
+    tracking.log_artifacts(run_id, {"gate": [verdict_file, report]})
+    tracking.set_tags(
+        run_id,
+        {
+            "gate.decision": verdict.decision,
+            "gate.passed": str(verdict.passed).lower(),
+            "gate.champion_compared": verdict.champion_version or "none",
+            "gate.reason": verdict.reason,
+            "tlops.fingerprint": candidate.fingerprint,
+        },
+    )
+    return GateOutcome(verdict=verdict, candidate=candidate, report_path=str(report))

@@ -27,11 +27,12 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from tlops.adapters import registry
+from tlops.adapters import registry, tracking
 from tlops.config import RunConfig, config_sha256, dump_config
 from tlops.decision.gate import Verdict
 from tlops.errors import ServiceError, TlopsError
-from tlops.jobs.gate import Judge
+from tlops.jobs.context import RunContext
+from tlops.jobs.gate import GateOutcome, Judge, judge_against
 from tlops.jobs.lineage import lineage_card
 from tlops.jobs.reconcile import reconcile_locked
 
@@ -80,37 +81,35 @@ def lineage_tags(
 
 
 class _Step:
-    """Where a promotion stands, for undoing it (see :func:`_undo`)."""
+    """Where the promotion of version ``version`` stands, for undoing it (:meth:`undo`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, alias: str, version: str) -> None:
+        self.name, self.alias, self.version = name, alias, version
         self.entry: registry.LedgerEntry | None = None
         self.alias_issued = False
 
-
-def _undo(
-    name: str, alias: str, version: str, champion: registry.VersionInfo | None, step: _Step,
-    cause: BaseException,
-) -> None:  # fmt: skip
-    """Undo a failed promotion, each part best effort (the original failure is what the user
-    sees; what cannot be undone now, the next reconcile settles)."""
-    why = f"promotion failed: {str(cause)[:300]}"
-    if not step.alias_issued:
-        with contextlib.suppress(Exception):
-            if step.entry is not None:
-                registry.write_ledger(name, step.entry.settle("aborted", why))
-        try:
-            registry.delete_version(name, version)
-        except Exception:
+    def undo(self, champion: registry.VersionInfo | None, cause: BaseException) -> None:
+        """Undo a failed promotion, each part best effort (the original failure is what the
+        user sees; what cannot be undone now, the next reconcile settles)."""
+        name, alias, version = self.name, self.alias, self.version
+        why = f"promotion failed: {str(cause)[:300]}"
+        if not self.alias_issued:
             with contextlib.suppress(Exception):
-                registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
-        return
-    with contextlib.suppress(Exception):
-        registry.set_alias(name, alias, champion.version if champion else None)
-    with contextlib.suppress(Exception):
-        registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
-    with contextlib.suppress(Exception):
-        if step.entry is not None:
-            registry.write_ledger(name, step.entry.settle("aborted", why + "; alias restored"))
+                if self.entry is not None:
+                    registry.write_ledger(name, self.entry.settle("aborted", why))
+            try:
+                registry.delete_version(name, version)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
+            return
+        with contextlib.suppress(Exception):
+            registry.set_alias(name, alias, champion.version if champion else None)
+        with contextlib.suppress(Exception):
+            registry.tag_version(name, version, {registry.STATE_TAG: "aborted"})
+        with contextlib.suppress(Exception):
+            if self.entry is not None:
+                registry.write_ledger(name, self.entry.settle("aborted", why + "; alias restored"))
 
 
 def _after_promotion(
@@ -175,7 +174,7 @@ def promote(
             registry.STARTED_TAG: f"{time.time():.0f}",
         }  # fmt: skip
         info = registry.register(name, run_id, model_uri, {**tags_for(verdict), **pending}, "")
-        step = _Step()
+        step = _Step(name, alias, info.version)
         try:
             registry.fault("after_register")
             verdict, current = still_current(verdict)
@@ -198,7 +197,7 @@ def promote(
             registry.tag_version(name, info.version, {registry.STATE_TAG: "complete"})
             registry.fault("after_complete")
         except BaseException as exc:
-            _undo(name, alias, info.version, current, step, exc)
+            step.undo(current, exc)
             raise
         warnings = _after_promotion(cfg, info.version, current, flow_run_id)
     return PromotionResult(
@@ -206,3 +205,30 @@ def promote(
         previous_version=current.version if current else None, rejudged=rejudged,
         warnings=warnings, reconciled=fixed,
     )  # fmt: skip
+
+
+def register_candidate(ctx: RunContext, gate: GateOutcome, model_uri: str) -> PromotionResult:
+    """Stage 7 for the context's run: register and promote its model when the gate passed.
+
+    The gate's evidence is reused (re-judged only if the champion moved); the version carries
+    the run's tags (read now, with the gate's) as its lineage record. The run is tagged with
+    the version registered, or with the final decision when none was.
+    """
+    cfg, candidate = ctx.config, gate.candidate
+    if not gate.verdict.passed:
+        return PromotionResult(verdict=gate.verdict, model_name=cfg.model_name)
+    run_tags = tracking.get_tags(ctx.run_id)
+
+    def tags_for(final: Verdict) -> dict[str, str]:
+        return lineage_tags(run_tags, cfg, candidate.metrics, final, candidate.fingerprint)
+
+    result = promote(
+        cfg, ctx.run_id, model_uri, gate.verdict, judge_against(ctx, candidate), tags_for,
+        ctx.flow_run_id,
+    )  # fmt: skip
+    if result.version:
+        tracking.set_tags(ctx.run_id, {"registered.version": result.version})
+    else:
+        final = {"gate.decision": result.verdict.decision, "gate.passed": "false"}
+        tracking.set_tags(ctx.run_id, final)
+    return result

@@ -19,10 +19,13 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tlops.adapters import tracking
 from tlops.adapters.tracking import tracking_uri
 from tlops.config import RunConfig, apply_overrides, build_config, parse_override
 from tlops.errors import ConfigError, ServiceError, TlopsError
-from tlops.jobs.train import EvalSummary, TrainSummary
+from tlops.jobs.context import RunContext
+from tlops.jobs.register import PromotionResult
+from tlops.jobs.train import EvalSummary, TrainSummary, run_tags
 from tlops.paths import default_cache_root, tlops_home
 from tlops.redact import redact_text
 
@@ -313,3 +316,50 @@ def markdown_table(trials: list[Trial], results: list[TrialResult], best: int, m
             f" `{result.run_id}` |"
         )
     return "\n".join(lines)
+
+
+def parent_run_name(ctx: RunContext, grid: Grid) -> str:
+    """The parent run's name: ``<name>-sweep-<n>trials``."""
+    return f"{ctx.config.name}-sweep-{grid.size}trials"
+
+
+def open_parent_run(ctx: RunContext, grid: Grid, cluster: str) -> str:
+    """Open the sweep's parent MLflow run in the base config's experiment; return its id.
+
+    Its params are the base config without the swept keys, its tags the run's (data, code, the
+    flow run) and the grid's (:func:`parent_tags`); the dataset is its input.
+    """
+    cfg = ctx.config
+    tags = {
+        **run_tags(cfg, ctx.data, ctx.flow_run_id),
+        **parent_tags(grid, cfg.train.monitor, cluster),
+    }
+    name, params = parent_run_name(ctx, grid), parent_params(cfg, grid)
+    run_id = tracking.start_run(cfg.name, name, params, tags)
+    tracking.log_dataset(run_id, ctx.data, ctx.manifest.digest, context="train")
+    return run_id
+
+
+def finish_parent_run(
+    parent: RunContext, trials: list[Trial], results: list[TrialResult], best: TrialResult,
+    promotion: PromotionResult,
+) -> str:  # fmt: skip
+    """Record the chosen trial and the promotion on the parent run (``parent.run_id``) and
+    finish it; return the Markdown of the sweep (the trials table and the promotion)."""
+    cfg = parent.config
+    monitor, chosen, score = cfg.train.monitor, trials[best.index], best.score()
+    metrics = {"best_test_accuracy": best.evaluated.metrics["test_accuracy"]}
+    if score is not None:
+        metrics[f"best_{monitor}"] = score
+    tracking.log_metrics(parent.run_id, metrics)
+    tracking.set_tags(
+        parent.run_id,
+        {
+            "sweep.best_run_id": best.run_id,
+            "sweep.best_trial": f"{chosen.number} {chosen.label}",
+            "sweep.promotion": promotion.line(),
+        },
+    )
+    tracking.finish_run(parent.run_id, "FINISHED")
+    table = markdown_table(trials, results, best.index, monitor)
+    return f"## sweep {cfg.name}\n\n{table}\n\n**{promotion.line()}**"

@@ -1,7 +1,9 @@
-"""Stages 4 and 5 of the train flow as domain steps that read and write files.
+"""Stages 4 and 5 of the train flow, and the MLflow run they are tracked in.
 
-Each step takes small values (config, data version, manifest info, paths, run id) and returns
-a small pydantic value, so Prefect tasks never pass Keras models or datasets around.
+``train_model`` and ``evaluate_model`` read and write files only; ``open_run``, ``train_run``,
+``evaluate_run`` and ``record_run`` are the same stages within one run's
+:class:`~tlops.jobs.context.RunContext` (tracked in its MLflow run). Each takes small values
+and returns a small pydantic value, so Prefect tasks never pass Keras models or datasets around.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tlops.config import RunConfig
 from tlops.data.inputs import SplitData, load_images, read_split
 from tlops.data.version import DataVersion
 from tlops.errors import ConfigError, DataError
+from tlops.jobs.context import RunContext
 from tlops.jobs.policy import PolicyOrigin, policy_tags
 from tlops.jobs.validate import ManifestInfo
 from tlops.paths import atomic_path, default_cache_root, tlops_home
@@ -102,11 +105,22 @@ def _weights_arg(cfg: RunConfig, run_dir: Path) -> tuple[str | None, dict[str, s
     return str(folder / BACKBONE_FILE), tags
 
 
+def inputs_digest(cfg: RunConfig, *facts: str) -> str:
+    """The sha256 (hex) of what a model is trained from: the config without its ``evaluate``
+    part (which changes no weights), then ``facts`` (data md5, manifest digest, ...).
+
+    Both identities build on it, :func:`training_fingerprint` (checkpoints, feature cache) and
+    :func:`tlops.jobs.gate.change_fingerprint` (the ``tlops.fingerprint`` tag); the bytes hashed
+    are fixed, since stored fingerprints are compared across runs.
+    """
+    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
+    blob = json.dumps([parts, *facts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def training_fingerprint(cfg: RunConfig, data: DataVersion, manifest: ManifestInfo) -> str:
     """Identity of a training: config without the evaluation part, data md5, manifest."""
-    parts = cfg.model_dump(mode="json", exclude={"evaluate"})
-    blob = json.dumps([parts, data.md5, manifest.digest], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return inputs_digest(cfg, data.md5, manifest.digest)
 
 
 def label_budget(data: SplitData, per_class: int | None) -> SplitData:
@@ -343,17 +357,54 @@ def log_config(run_id: str, cfg: RunConfig, run_dir: Path) -> Path:
     return config_file
 
 
-def record_run(
-    run_id: str,
-    cfg: RunConfig,
-    trained: TrainSummary,
-    evaluated: EvalSummary,
-    run_dir: Path,
-    contract_report: str,
-) -> str:
-    """Log results, artifacts and the model to the run; return the model URI."""
+def run_name(ctx: RunContext) -> str:
+    """The MLflow run's name: ``<model>-<backbone>-<data md5[:8]>``."""
+    return f"{ctx.config.model_name}-{ctx.config.backbone.name}-{ctx.data.md5[:8]}"
+
+
+def open_run(ctx: RunContext) -> str:
+    """Open the context's MLflow run; return its id.
+
+    In the experiment of the config's name, named by :func:`run_name`: params (the whole
+    config), the tags of :func:`run_tags` plus ``tlops.trigger`` (schedule, ci or manual, for
+    filtering in the UI), and the dataset as the run's input.
+    """
+    cfg = ctx.config
+    tags = {**run_tags(cfg, ctx.data, ctx.flow_run_id, ctx.policy), "tlops.trigger": ctx.trigger}
+    run_id = tracking.start_run(cfg.name, run_name(ctx), cfg.flat(), tags)
+    tracking.log_dataset(run_id, ctx.data, ctx.manifest.digest, context="train")
+    return run_id
+
+
+def train_run(ctx: RunContext) -> TrainSummary:
+    """:func:`train_model` in the context's run: every epoch and system metrics logged to it."""
+    with tracking.system_metrics(ctx.run_id):
+        return train_model(ctx.config, ctx.data, ctx.manifest, ctx.out, ctx.run_id)
+
+
+def evaluate_run(ctx: RunContext, trained: TrainSummary) -> EvalSummary:
+    """:func:`evaluate_model` on the context's data, into its folder."""
+    return evaluate_model(ctx.config, trained, ctx.data, ctx.manifest, ctx.out)
+
+
+def fail_run(run_id: str) -> None:
+    """Mark a run FAILED after an error."""
+    tracking.finish_run(run_id, "FAILED")
+
+
+def record_run(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> str:
+    """Log results, artifacts (with the data contract's report) and the model to the context's
+    run and finish it; return the model URI."""
+    model_uri = _record(ctx, trained, evaluated)
+    tracking.finish_run(ctx.run_id, "FINISHED")
+    return model_uri
+
+
+def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> str:
+    """What :func:`record_run` logs; returns the model URI."""
     import keras
 
+    run_id, cfg, run_dir = ctx.run_id, ctx.config, ctx.out
     log_config(run_id, cfg, run_dir)
     tracking.set_tags(
         run_id,
@@ -375,7 +426,7 @@ def record_run(
         run_id,
         {
             "": [Path(trained.result_path)],
-            "data": [Path(contract_report)],
+            "data": [Path(ctx.contract_report)],
             **{k: [Path(p) for p in v] for k, v in evaluated.artifacts.items()},
         },
     )
