@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 
 from tlops.config import ContractConfig, SplitConfig
 from tlops.data.version import DataVersion
-from tlops.jobs.validate import ContractVerdict, ManifestInfo, build_manifest, check_contract
+from tlops.jobs.validate import (
+    ContractVerdict,
+    ManifestInfo,
+    build_manifest,
+    check_contract,
+    version_facts,
+)
 
 
 @task(name="build-manifest", cache_policy=NO_CACHE)
@@ -32,8 +38,7 @@ def check_contract_task(
     info: ManifestInfo, config: ContractConfig, version: DataVersion, out_dir: str
 ) -> ContractVerdict:
     """Run the data contract; publish its report as a Prefect artifact."""
-    facts = {"data md5": version.md5, "git rev": version.rev, "dirty": str(version.dirty)}
-    verdict = check_contract(info, config, Path(out_dir), facts)
+    verdict = check_contract(info, config, Path(out_dir), version_facts(version))
     create_markdown_artifact(
         markdown=verdict.markdown,
         key="data-contract",

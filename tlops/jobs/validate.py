@@ -107,6 +107,11 @@ def check_contract(
     )
 
 
+def version_facts(version: DataVersion) -> dict[str, str]:
+    """What the contract report says about the data version: md5, git rev, dirty flag."""
+    return {"data md5": version.md5, "git rev": version.rev, "dirty": str(version.dirty)}
+
+
 class ValidationOutcome(BaseModel):
     """What the validate flow returns: the data version, the manifest and the verdict."""
 
