@@ -22,7 +22,7 @@ demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, r
 	$(BIN)/tlops pretrain configs/demo-source.yaml
 	$(BIN)/tlops train $(CONFIG)
 	$(BIN)/tlops train $(CONFIG) --set name=digits-scratch --set backbone.weights=none \
-		--set "gate.values=[]" --set "gate.changes=[]"
+		--set "gate.rules=[]"
 	$(BIN)/tlops compare digits digits-scratch
 	@echo "Open the MLflow UI with 'make ui' (http://127.0.0.1:$(MLFLOW_PORT)): experiments"
 	@echo "'glyphs', 'digits', 'digits-scratch'; Models: glyphs-backbone, digits (@champion)."

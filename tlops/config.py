@@ -15,6 +15,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tlops.errors import ConfigError
+from tlops.rules import (
+    ChangeRule,
+    GateRule,
+    McNemarRule,
+    PValue,
+    RecallDrop,
+    RecallDropRule,
+    Rule,
+    ValueRule,
+)
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -304,65 +314,86 @@ class EvaluateConfig(_Section):
     latency_repeats: int = Field(20, ge=1, description="timed batch-1 predictions")
 
 
-class ValueRule(_Section):
-    """A threshold on one metric of the candidate, e.g. ``{metric: test_accuracy, min: 0.9}``.
-
-    Budgets are value rules too: ``{metric: latency_ms_batch1, max: 20}``,
-    ``{metric: model_size_mb, max: 10}``.
-    """
-
-    metric: str = Field(min_length=1, description="a logged metric, e.g. test_accuracy")
-    min: float | None = Field(None, description="pass when value >= min")
-    max: float | None = Field(None, description="pass when value <= max")
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> ValueRule:
-        """A rule needs a bound."""
-        if self.min is None and self.max is None:
-            raise ValueError("a value rule needs min or max")
-        return self
+#: Today's gate keys before ``gate.rules`` (still accepted), and the rule kind each one sets.
+LEGACY_GATE_KEYS: dict[str, str] = {
+    "values": "value", "changes": "change", "mcnemar_p": "mcnemar",
+    "max_recall_drop": "recall_drop",
+}  # fmt: skip
 
 
-class ChangeRule(_Section):
-    """A change against the champion re-evaluated on the same test split.
-
-    ``delta`` = candidate - champion (``direction: higher``) or champion - candidate
-    (``direction: lower``, e.g. latency), divided by the champion's value when ``relative``.
-    Pass when delta >= ``min_delta``: 0 = no worse, 0.01 = at least one point better,
-    -0.01 = at most one point worse.
-
-    A relative rule against a champion value of exactly 0 has no ratio to take: it compares
-    the absolute delta with ``min_delta`` instead (the verdict says so), so a worse candidate
-    still fails. A metric missing on either side, or not a finite number, fails the rule.
-    """
-
-    metric: str = Field(min_length=1)
-    direction: Literal["higher", "lower"] = "higher"
-    min_delta: float = 0.0
-    relative: bool = False
-
-
-class GateConfig(_Section):
-    """The rules a candidate must pass to be registered and become champion (design stage 6)."""
+class _LegacyGate(_Section):
+    """The gate keys of configs written before ``gate.rules``, validated on their own so a bad
+    one is named where it was written (``gate.values.0``, ``gate.mcnemar_p``)."""
 
     values: list[ValueRule] = Field(default_factory=list)
     changes: list[ChangeRule] = Field(default_factory=list)
-    mcnemar_p: float | None = Field(
-        None, gt=0.0, lt=1.0,
-        description="also require a McNemar test on paired test predictions: candidate "
-        "significantly better than the champion at this p-value",
-    )  # fmt: skip
-    max_recall_drop: float | None = Field(
-        None, ge=0.0, le=1.0, description="no class may lose more recall than this vs champion"
+    mcnemar_p: PValue | None = None
+    max_recall_drop: RecallDrop | None = None
+
+    def rules_by_kind(self) -> dict[str, list[Rule]]:
+        """The rules of each kind these keys set, for the keys given only (in key order)."""
+        given: dict[str, list[Rule]] = {
+            "values": list(self.values), "changes": list(self.changes),
+            "mcnemar_p": [] if self.mcnemar_p is None else [McNemarRule(p_value=self.mcnemar_p)],
+            "max_recall_drop": [] if self.max_recall_drop is None
+            else [RecallDropRule(max_drop=self.max_recall_drop)],
+        }  # fmt: skip
+        return {LEGACY_GATE_KEYS[key]: given[key] for key in LEGACY_GATE_KEYS
+                if key in self.model_fields_set}  # fmt: skip
+
+
+def _replace_kinds(rules: list[Any], replacements: dict[str, list[Rule]]) -> list[Any]:
+    """``rules`` with every rule of a replaced kind swapped for that kind's replacements, put
+    where the first rule of the kind was (at the end when there was none)."""
+    out: list[Any] = []
+    placed: set[str] = set()
+    for rule in rules:
+        kind = rule.get("kind") if isinstance(rule, dict) else getattr(rule, "kind", None)
+        if kind not in replacements:
+            out.append(rule)
+        elif kind not in placed:
+            out += replacements[kind]
+            placed.add(kind)
+    out += [r for kind, new in replacements.items() if kind not in placed for r in new]
+    return out
+
+
+class GateConfig(_Section):
+    """The rules a candidate must pass to be registered and become champion (design stage 6).
+
+    ``rules`` is a list of rules told apart by ``kind`` (see :mod:`tlops.rules`): ``value``
+    (a threshold on a candidate metric), ``change`` (against the champion), ``mcnemar``
+    (significantly better on paired predictions), ``recall_drop`` (no class loses more recall).
+    No rules: nothing is ever promoted.
+
+    The keys of configs written before ``rules`` still load: ``values: [...]``,
+    ``changes: [...]``, ``mcnemar_p: P`` and ``max_recall_drop: D`` each set the rules of their
+    kind, replacing any rules of that kind in ``rules`` (so ``--set gate.values=[]`` still clears
+    the value rules and ``--set gate.mcnemar_p=null`` the McNemar rule, as they always did);
+    the other kinds are kept. ``--set "gate.rules=[]"`` clears the whole gate.
+    """
+
+    rules: list[GateRule] = Field(
+        default_factory=list, description="the rules, each with its kind; empty = promote nothing"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Turn today's keys (values, changes, mcnemar_p, max_recall_drop) into rules."""
+        if not isinstance(data, dict) or not any(key in data for key in LEGACY_GATE_KEYS):
+            return data
+        legacy = _LegacyGate.model_validate({k: data[k] for k in LEGACY_GATE_KEYS if k in data})
+        tree = {key: value for key, value in data.items() if key not in LEGACY_GATE_KEYS}
+        rules = tree.get("rules", [])
+        if isinstance(rules, list):  # anything else: refused by the field, naming gate.rules
+            tree["rules"] = _replace_kinds(rules, legacy.rules_by_kind())
+        return tree
 
     @property
     def configured(self) -> bool:
         """Whether any rule is configured (no rules: nothing is ever promoted)."""
-        return bool(
-            self.values or self.changes or self.mcnemar_p is not None
-            or self.max_recall_drop is not None
-        )  # fmt: skip
+        return bool(self.rules)
 
 
 class RegistryConfig(_Section):

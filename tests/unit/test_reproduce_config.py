@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -13,11 +14,12 @@ import yaml
 from tlops.adapters import registry, tracking
 from tlops.config import RunConfig, dump_config, load_config
 from tlops.data.version import DataVersion
-from tlops.decision.gate import Verdict
+from tlops.decision.gate import Evidence, Verdict, decide
 from tlops.errors import ConfigError
 from tlops.jobs.register import lineage_tags
 from tlops.jobs.reproduce import reproduction_config
 from tlops.jobs.train import run_tags
+from tlops.rules import GateRule
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,3 +127,45 @@ def test_reproduce_refuses_a_version_without_config_sha256(store: str, tmp_path:
     info = registry.register("old-model", run_id, f"runs:/{run_id}/model", tags, "")
     with pytest.raises(ConfigError, match="refusing to reproduce"):
         reproduction_config(info, tmp_path)
+
+
+#: One valid rule of each kind (YAML form); a kind added to the union without one fails below.
+RULE_OF_KIND: dict[str, dict[str, Any]] = {
+    "value": {"kind": "value", "metric": "test_accuracy", "min": 0.0},
+    "change": {"kind": "change", "metric": "test_accuracy", "min_delta": -1.0},
+    "mcnemar": {"kind": "mcnemar", "p_value": 0.5},
+    "recall_drop": {"kind": "recall_drop", "max_drop": 1.0},
+}
+#: Every kind of the union, by introspection: a new rule class is tested automatically.
+KINDS = sorted(cls.model_fields["kind"].default for cls in get_args(get_args(GateRule)[0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reproduce_never_registers_whatever_kind_of_rule_the_version_had(
+    kind: str, store: str, tmp_path: Path
+) -> None:
+    assert kind in RULE_OF_KIND, f"add a rule of kind {kind!r} to RULE_OF_KIND"
+    rule = yaml.safe_dump([RULE_OF_KIND[kind]], default_flow_style=True).strip()
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [f"gate.rules={rule}"])
+    assert [r.kind for r in cfg.gate.rules] == [kind] and cfg.gate.configured
+    info = register_like_a_run(cfg, tmp_path, name=f"repro-{kind.replace('_', '-')}")
+    folder = tmp_path / "reproduce"
+    folder.mkdir()
+    again = reproduction_config(info, folder)
+    assert again.gate.rules == [] and not again.gate.configured
+    assert again.model_copy(update={"gate": cfg.gate}) == cfg.model_copy(
+        update={"data": again.data}
+    )  # only the gate and the data revision differ
+    # a perfect candidate, with a champion or without, is never promoted by the rerun's gate
+    perfect = Evidence(
+        metrics={"test_accuracy": 1.0, "test_recall_a": 1.0, "test_recall_b": 1.0},
+        correct=[True] * 50, classes=["a", "b"], fingerprint="new.code",
+    )  # fmt: skip
+    poor = Evidence(
+        metrics={"test_accuracy": 0.1, "test_recall_a": 0.1, "test_recall_b": 0.1},
+        correct=[False] * 50, classes=["a", "b"], fingerprint="old.code", version="1",
+    )  # fmt: skip
+    assert decide(cfg.gate, perfect, poor).passed  # the original gate would promote it
+    for champion in (None, poor):
+        verdict = decide(again.gate, perfect, champion)
+        assert not verdict.passed and verdict.decision == "no_rules"

@@ -25,8 +25,8 @@ NAMED_IN_MESSAGE = 5
 
 
 @dataclass(frozen=True)
-class RuleResult:
-    """The verdict of one contract rule."""
+class ExpectationResult:
+    """The verdict of one contract rule (one Great Expectations expectation)."""
 
     rule: str
     description: str
@@ -40,11 +40,11 @@ class ContractResult:
     """The verdict of the whole contract, plus the raw GX results."""
 
     success: bool
-    rules: list[RuleResult]
+    rules: list[ExpectationResult]
     gx_results: list[dict[str, Any]]
 
     @property
-    def failed(self) -> list[RuleResult]:
+    def failed(self) -> list[ExpectationResult]:
         """The rules that failed."""
         return [r for r in self.rules if not r.success]
 
@@ -229,7 +229,7 @@ def _run_suite(
     frame: pd.DataFrame,
     rules: list[tuple[str, str, Any]],
     index_columns: list[str],
-) -> tuple[list[RuleResult], dict[str, Any]]:
+) -> tuple[list[ExpectationResult], dict[str, Any]]:
     """Validate one dataframe with a named GX suite; return rule verdicts and the raw result."""
     import great_expectations as gx
 
@@ -259,7 +259,9 @@ def _run_suite(
         if item.exception_info and item.exception_info.get("raised_exception"):
             observed = f"error: {item.exception_info.get('exception_message')}"
         verdicts.append(
-            RuleResult(meta["rule"], meta["description"], bool(item.success), observed, offenders)
+            ExpectationResult(
+                meta["rule"], meta["description"], bool(item.success), observed, offenders
+            )
         )
     return verdicts, result.to_json_dict()
 

@@ -8,14 +8,14 @@ import json
 from pathlib import Path
 
 from tlops.adapters import registry
-from tlops.config import RunConfig
+from tlops.config import GateConfig, RunConfig
 from tlops.errors import ConfigError
 
 REPRODUCED = ("test_accuracy", "test_macro_f1", "latency_ms_batch1", "model_size_mb")
 
 
 def reproduction_config(info: registry.VersionInfo, tmp: Path) -> RunConfig:
-    """A version's resolved config at its data revision, with the gate cleared.
+    """A version's resolved config at its data revision, with an empty gate (:func:`without_gate`).
 
     The config is the run's full ``config.yaml`` artifact (never the ``config`` tag, which is
     cut when long), and its sha256 must be the version's ``config.sha256`` tag: a missing or
@@ -42,11 +42,19 @@ def reproduction_config(info: registry.VersionInfo, tmp: Path) -> RunConfig:
             f"{who}: config.yaml of run {info.run_id} has sha256 {found[:16]}..., the version's"
             f" config.sha256 tag says {expected[:16]}...: refusing to reproduce"
         )
-    overrides = [
-        f"data.rev={json.dumps(info.tags['data.rev'])}", "data.allow_dirty=false",
-        "gate.values=[]", "gate.changes=[]", "gate.mcnemar_p=null", "gate.max_recall_drop=null",
-    ]  # fmt: skip
-    return load_config(path, overrides)
+    overrides = [f"data.rev={json.dumps(info.tags['data.rev'])}", "data.allow_dirty=false"]
+    return without_gate(load_config(path, overrides))
+
+
+def without_gate(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with an empty gate: no rules of any kind, so the run can never register.
+
+    The gate is replaced as a whole (never cleared rule field by rule field, which a new kind
+    of rule could slip past) and the tree validated again.
+    """
+    tree = cfg.model_dump(mode="json")
+    tree["gate"] = GateConfig().model_dump(mode="json")
+    return RunConfig.model_validate(tree)
 
 
 def reproduction_report(info: registry.VersionInfo, metrics: dict[str, float], run_id: str) -> str:
