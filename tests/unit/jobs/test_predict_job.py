@@ -45,7 +45,11 @@ def model_name(mlflow_store: str) -> Iterator[str]:
     run_id = tracking.start_run(name, "train", {}, {})
     meta = {"classes": CLASSES, "binary": False, "image_size": SIZE, "backbone": "none"}
     example = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
-    uri = tracking.log_keras_model(run_id, brightness_model(), example, meta)
+    with pytest.MonkeyPatch.context() as patch:
+        # MLflow infers the model's pip requirements in a subprocess that imports TensorFlow
+        # (a minute on a busy machine); prediction never reads them: MLflow's defaults do
+        patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+        uri = tracking.log_keras_model(run_id, brightness_model(), example, meta)
     tracking.finish_run(run_id)
     info = registry.register(name, run_id, uri, {}, "")
     registry.set_alias(name, "champion", info.version)
