@@ -8,7 +8,7 @@ EXTRA ?= cpu
 CONFIG ?= configs/demo.yaml
 MLFLOW_PORT ?= 5000
 
-.PHONY: setup demo test check format bench ui screenshots clean
+.PHONY: setup demo test test-fast check format bench ui screenshots clean
 
 setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -29,6 +29,9 @@ demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, r
 
 test: setup  ## the whole test suite (unit + flows with real services)
 	$(BIN)/pytest -q
+
+test-fast: setup  ## the unit layer alone (seconds to a couple of minutes)
+	$(BIN)/pytest -q -m unit
 
 check: setup  ## ruff (lint + format), mypy and the import contracts (layers)
 	$(BIN)/ruff check .

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import shutil
 import signal
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +27,19 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "tlops tests",
     "GIT_COMMITTER_EMAIL": "tests@tlops.invalid",
 }
+
+
+#: The test layers, by folder: ``make test-fast`` runs ``-m unit`` alone.
+LAYERS = ("unit", "flows", "faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its layer (``unit``, ``flows`` or ``faults``) from its folder."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(tests).parts
+        if parts and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(autouse=True)
@@ -141,6 +157,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--artifacts-destination", str(home / "artifacts"), "--workers", "1",
         ],
         stdout=log, stderr=subprocess.STDOUT, cwd=home, start_new_session=True,
+        # no job runner (its huey consumers are six more processes; tlops submits no jobs)
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
 
     def stop() -> None:
@@ -174,18 +192,116 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop()
 
 
-def tlops_cli(args: list[str], prefect_api: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the real ``tlops`` CLI in its own process (as a user or CI would).
+#: Environment variables that need the CLI in a process of its own: a fault hook that blocks
+#: for the test to kill the process.
+PROCESS_ONLY_ENV = ("TLOPS_FAULT_BLOCK",)
 
-    Flow runs go to the session's Prefect server. In-process runs under typer's CliRunner are
-    avoided on purpose: Prefect's console log handler would keep CliRunner's closed stream.
+
+def tlops_cli(
+    args: list[str], prefect_api: str, *, process: bool = False, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tlops`` CLI as a user or CI would: its exit code, stdout and stderr.
+
+    By default it runs in this test process (the same ``flows.cli.main`` the ``tlops`` script
+    calls, with ``argv``, the environment and the output streams of its own), which saves the
+    20-30 s that every new process spends importing TensorFlow, MLflow, Prefect and GX.
+    ``process=True`` (or a blocking fault hook in ``env``) runs it in a process of its own, for
+    what needs one: a kill, concurrent runs, a fresh interpreter's import state.
     """
+    if process or any(key in env for key in PROCESS_ONLY_ENV):
+        return _cli_process(args, prefect_api, env)
+    return _cli_in_process(args, prefect_api, env)
+
+
+def _cli_process(
+    args: list[str], prefect_api: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``python -m flows.cli ARGS`` in its own process; flow runs go to the session's server."""
     root = Path(__file__).resolve().parents[1]
     full_env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(root), **env}
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
         env=full_env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+
+
+def _exit_code(code: object) -> int:
+    """The process exit status ``sys.exit(code)`` would give."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("text") prints the text and exits 1
+    return 1
+
+
+def _console_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg]
+    """The logging handlers that write to the process's stdout or stderr (Prefect's console
+    handler among them), not pytest's own capture handlers."""
+    streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    found: dict[int, logging.StreamHandler] = {}  # type: ignore[type-arg]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+                found[id(handler)] = handler
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Point ``sys.stdout``, ``sys.stderr`` and the console log handlers at fresh buffers."""
+    out, err = io.StringIO(), io.StringIO()
+    handlers = _console_handlers()
+    saved = [(h, h.stream, getattr(getattr(h, "console", None), "file", None)) for h in handlers]
+    for handler in handlers:
+        handler.setStream(err)
+        if getattr(handler, "console", None) is not None:
+            handler.console.file = err  # type: ignore[attr-defined]  # Prefect's rich console
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            yield out, err
+        finally:
+            for handler, stream, console_file in saved:
+                handler.setStream(stream)
+                if console_file is not None:
+                    handler.console.file = console_file  # type: ignore[attr-defined]
+
+
+def _cli_in_process(
+    args: list[str], prefect_api: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``flows.cli.main()`` in this process, as the ``tlops`` script runs it: the exit code of
+    its ``SystemExit``, or 1 and the traceback for an uncaught exception (as Python would)."""
+    from flows import cli
+
+    saved_env, saved_argv = dict(os.environ), sys.argv
+    os.environ.update({"PREFECT_API_URL": prefect_api, **env})
+    sys.argv = ["tlops", *args]
+    code = 0
+    try:
+        with _captured() as (out, err):
+            try:
+                cli.main()
+            except SystemExit as exc:
+                code = _exit_code(exc.code)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        _fresh_keras_state()
+    return subprocess.CompletedProcess(["tlops", *args], code, out.getvalue(), err.getvalue())
+
+
+def _fresh_keras_state() -> None:
+    """Drop Keras' global state (layer names, graphs, the dtype policy) between CLI runs."""
+    if "keras" in sys.modules:
+        keras = sys.modules["keras"]
+        keras.backend.clear_session()
+        keras.mixed_precision.set_global_policy("float32")
 
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
