@@ -56,6 +56,27 @@ def model_name(mlflow_store: str) -> Iterator[str]:
     yield name
 
 
+@pytest.fixture(scope="module")
+def binary_name(mlflow_store: str) -> str:
+    """A registered model with one sigmoid unit (classes ``cold``, ``hot``): hot when red."""
+    import keras
+
+    name = f"binary-{uuid.uuid4().hex[:8]}"
+    inputs = keras.Input((SIZE, SIZE, 3))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.array([[0.1], [0.0], [0.0]], dtype=np.float32), np.array([-12.75])])
+    run_id = tracking.start_run(name, "train", {}, {})
+    meta = {"classes": ["cold", "hot"], "binary": True, "image_size": SIZE}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
+        example = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
+        uri = tracking.log_keras_model(run_id, model, example, meta)
+    tracking.finish_run(run_id)
+    registry.register(name, run_id, uri, {}, "")
+    return name
+
+
 def image(path: Path, red: int, size: int = 24) -> Path:
     """An RGB image (resized to 16x16 on prediction) with a flat red channel."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +111,17 @@ def test_top_k_is_capped_and_a_version_uri_works(
     (row,) = predict_files(f"models:/{model_name}/1", [dark], top_k=10)
     assert [label for label, _ in row.top] == ["dark", "bright", "other"]
     assert abs(sum(p for _, p in row.top) - 1.0) < 1e-4
+
+
+def test_a_binary_model_gives_both_classes(binary_name: str, store: str, tmp_path: Path) -> None:
+    rows = predict_files(
+        f"models:/{binary_name}/1",
+        [image(tmp_path / "h.png", 255), image(tmp_path / "c.png", 0)],
+        top_k=5,
+    )
+    assert [[label for label, _ in r.top] for r in rows] == [["hot", "cold"], ["cold", "hot"]]
+    for row in rows:
+        assert row.top[0][1] > 0.99 and abs(row.top[0][1] + row.top[1][1] - 1.0) < 1e-5
 
 
 def test_a_missing_file_is_its_row(model_name: str, store: str, tmp_path: Path) -> None:
