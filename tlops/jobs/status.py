@@ -83,7 +83,7 @@ def model_status(name: str, champion_alias: str = "champion", last: int = 5) -> 
             if ids
             else []
         )
-    if champion is None and not ids:
+    if champion is None and not ids and registry.description(name) is None:
         raise ConfigError(f"{name}: no registered model or experiment of that name")
     promoted = None
     if champion is not None:

@@ -81,3 +81,12 @@ def test_a_champion_without_a_ledger_entry(model_run: Any) -> None:
     status = model_status(name)
     assert status.champion is not None and status.promoted_at is None
     assert "promoted ?" in render_status(status, [])
+
+
+def test_a_registered_model_without_a_champion_is_no_error(model_run: Any) -> None:
+    name = unique("nochamp")
+    run_id = model_run(unique("trained-elsewhere"))  # its experiment is named otherwise
+    registry.register(name, run_id, f"runs:/{run_id}/model", {}, "")
+    status = model_status(name)  # the model exists: it has no champion yet
+    assert status.champion is None and status.runs == []
+    assert "champion: none yet" in render_status(status, [])
