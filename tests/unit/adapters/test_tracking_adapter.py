@@ -185,3 +185,33 @@ def test_a_new_run_fails_the_runs_of_ended_processes_only(store: str) -> None:
     }  # fmt: skip
     reason = client.get_run(orphan).data.tags["tlops.failed_reason"]
     assert "ended without finishing it" in reason
+
+
+def test_epoch_logger_keeps_one_step_axis_across_phases(store: str) -> None:
+    import keras
+    import numpy as np
+
+    run_id = tracking.start_run(unique("epochs"), "r", {}, {})
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.zeros((8, 4), dtype=np.float32), np.array([0, 1] * 4)
+    for index, (phase, offset) in enumerate((("frozen", 0), ("fine_tune", 2))):
+        logger = tracking.epoch_logger(run_id, phase, offset, index)
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[logger])
+    client = tracking.client()
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "frozen.loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run_id, "fine_tune.accuracy")] == [2, 3]
+    phases = [(m.step, m.value) for m in client.get_metric_history(run_id, "phase")]
+    assert phases == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
+
+
+def test_system_metrics_are_sampled_into_the_run(store: str) -> None:
+    import time
+
+    run_id = tracking.start_run(unique("system"), "r", {}, {})
+    with tracking.system_metrics(run_id, interval_s=0.2):
+        time.sleep(1.5)
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in metrics), sorted(metrics)
