@@ -15,6 +15,9 @@ from tlops.adapters import tracking
 from tlops.data.version import DataVersion
 from tlops.errors import ServiceError
 
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
 
 def unique(prefix: str) -> str:
     """An experiment name no other test of the module uses."""

@@ -9,6 +9,9 @@ from typing import Any
 from tlops.adapters import registry
 from tlops.jobs.lineage import lineage_card
 
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
 
 def unique(prefix: str) -> str:
     """A model name no other test of the module uses."""

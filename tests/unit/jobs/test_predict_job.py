@@ -19,6 +19,9 @@ from tlops.adapters import registry, tracking
 from tlops.errors import ConfigError
 from tlops.jobs.predict import Prediction, expand, format_predictions, predict_files
 
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
 SIZE = 16
 CLASSES = ["bright", "dark", "other"]
 

@@ -15,6 +15,9 @@ from tlops.decision.gate import Verdict
 from tlops.errors import ServiceError
 from tlops.jobs.register import PromotionResult, promote
 
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
 PASSED = Verdict(decision="promote", results=[], champion_version=None, reason="all rules passed")
 REJECTED = Verdict(decision="reject", results=[], champion_version=None, reason="worse")
 BEFORE_ALIAS = ["after_register", "after_gate_tags", "after_intent"]

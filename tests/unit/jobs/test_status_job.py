@@ -13,6 +13,9 @@ from tlops.adapters import registry, tracking
 from tlops.errors import ConfigError
 from tlops.jobs.status import model_status, render_status
 
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
 
 def unique(prefix: str) -> str:
     """A model or experiment name no other test of the module uses."""

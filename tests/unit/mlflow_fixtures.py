@@ -1,33 +1,43 @@
-"""Unit-layer fixtures: a real SQLite MLflow store per test module, and a registered run."""
+"""Unit-layer fixtures: a real SQLite MLflow store per test module, and a run with a model.
+
+Not a ``conftest.py``: the flow and fault tests import ``tests/conftest.py`` as ``conftest``,
+and a second rootless conftest would take that module name. A test module loads them with
+``pytest_plugins = ["unit.mlflow_fixtures"]`` (``tests/`` is on the path).
+"""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def _mlflow_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty SQLite MLflow database with MLflow's schema, made once per session: the
+@functools.cache
+def _mlflow_schema() -> Path:
+    """An empty SQLite MLflow database with MLflow's schema, made once per process: the
     migration takes seconds (over ten on a busy machine), a copy of the file a fraction."""
     from mlflow import MlflowClient
 
-    db = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
+    folder = Path(tempfile.mkdtemp(prefix="tlops-mlflow-schema-"))
+    atexit.register(shutil.rmtree, folder, True)
+    db = folder / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
     return db
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory, _mlflow_schema: Path) -> Iterator[str]:
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow store of this module's own (SQLite, artifacts beside it under
     ``artifacts/``, where :func:`tlops.adapters.tracking.start_run` puts them) as
     ``MLFLOW_TRACKING_URI`` for the whole module. Tests use unique model and experiment names."""
     home = tmp_path_factory.mktemp("mlflow-store")
-    shutil.copy(_mlflow_schema, home / "mlflow.db")
+    shutil.copy(_mlflow_schema(), home / "mlflow.db")
     uri = f"sqlite:///{home / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
