@@ -342,6 +342,33 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
         monitor.finish()
 
 
+#: The packages that provide each Keras backend, in the order they are looked for.
+BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+    "jax": ("jax",),
+    "torch": ("torch",),
+}
+
+
+def model_requirements(backend: str) -> list[str]:
+    """The pip requirements of a logged Keras model: Keras and its backend, pinned to the
+    versions installed here.
+
+    Given to MLflow explicitly, so it skips its own inference (a subprocess that imports
+    TensorFlow again: about 30 s of every training run on a 2-core machine).
+    """
+    from importlib import metadata
+
+    pins = [f"keras=={metadata.version('keras')}"]
+    for package in BACKEND_PACKAGES.get(backend, ()):
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+        break
+    return pins
+
+
 def log_keras_model(
     run_id: str, model: Any, example: Any, meta: dict[str, Any] | None = None
 ) -> str:
@@ -363,7 +390,12 @@ def log_keras_model(
         signature = infer_signature(example, model.predict(example, verbose=0))
         local = Path(tmp) / "model"
         local.mkdir()
-        mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
+        import keras
+
+        mlflow.keras.save_model(
+            model, str(local), signature=signature, input_example=example,
+            pip_requirements=model_requirements(keras.backend.backend()),
+        )  # fmt: skip
         if meta is not None:
             (local / "tlops.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         client().log_artifacts(run_id, str(local), artifact_path="model")

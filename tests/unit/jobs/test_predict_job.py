@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,11 +49,7 @@ def model_name(mlflow_store: str) -> Iterator[str]:
     run_id = tracking.start_run(name, "train", {}, {})
     meta = {"classes": CLASSES, "binary": False, "image_size": SIZE, "backbone": "none"}
     example = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
-    with pytest.MonkeyPatch.context() as patch:
-        # MLflow infers the model's pip requirements in a subprocess that imports TensorFlow
-        # (a minute on a busy machine); prediction never reads them: MLflow's defaults do
-        patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
-        uri = tracking.log_keras_model(run_id, brightness_model(), example, meta)
+    uri = tracking.log_keras_model(run_id, brightness_model(), example, meta)
     tracking.finish_run(run_id)
     info = registry.register(name, run_id, uri, {}, "")
     registry.set_alias(name, "champion", info.version)
@@ -71,10 +68,8 @@ def binary_name(mlflow_store: str) -> str:
     dense.set_weights([np.array([[0.1], [0.0], [0.0]], dtype=np.float32), np.array([-12.75])])
     run_id = tracking.start_run(name, "train", {}, {})
     meta = {"classes": ["cold", "hot"], "binary": True, "image_size": SIZE}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "1")
-        example = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
-        uri = tracking.log_keras_model(run_id, model, example, meta)
+    example = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
+    uri = tracking.log_keras_model(run_id, model, example, meta)
     tracking.finish_run(run_id)
     registry.register(name, run_id, uri, {}, "")
     return name
@@ -164,3 +159,19 @@ def test_formats() -> None:
         ["long/b.png", "", "", "", "not an image"],
     ]  # fmt: skip
     assert format_predictions([], "table") == ""
+
+
+def test_the_logged_model_pins_keras_and_its_backend(model_name: str, store: str) -> None:
+    """Requirements are given, not inferred (MLflow's inference imports TensorFlow again in a
+    subprocess, about 30 s a run): the installed Keras and backend versions, pinned."""
+    from importlib import metadata
+
+    import keras
+
+    info = registry.resolve(f"models:/{model_name}/1")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = registry.download(info, Path(tmp))
+        lines = (folder / "requirements.txt").read_text(encoding="utf-8").split()
+    assert f"keras=={metadata.version('keras')}" in lines
+    assert keras.backend.backend() == "tensorflow"
+    assert any(line.startswith(("tensorflow==", "tensorflow-cpu==")) for line in lines), lines
