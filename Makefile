@@ -31,7 +31,7 @@ test: setup  ## the whole test suite (unit + flows with real services)
 	$(BIN)/pytest -q
 
 test-fast: setup  ## the unit layer alone (seconds to a couple of minutes)
-	$(BIN)/pytest -q -m unit
+	$(BIN)/pytest -q -m unit -n 2
 
 check: setup  ## ruff (lint + format), mypy and the import contracts (layers)
 	$(BIN)/ruff check .

@@ -40,7 +40,7 @@ def _blocked_resolve(repo: Path, tmp_path: Path, rev: str) -> subprocess.Popen[b
     ready = tmp_path / f"ready-{rev}"
     code = (
         "from pathlib import Path; from tlops.config import DataConfig; "
-        "from tlops.dataversion import resolve_data; "
+        "from tlops.adapters.dvc import resolve_data; "
         f"resolve_data(DataConfig(repo=Path({str(repo)!r}), rev={rev!r}))"
     )
     env = {

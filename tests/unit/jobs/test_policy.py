@@ -20,7 +20,7 @@ from tlops.jobs.policy import (
     refuse_policy_overrides,
 )
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
 GATE = "gate.values=[{metric: test_accuracy, min: 0.5}]"
 
 

@@ -133,6 +133,6 @@ def test_committed_data_dvc_matches_the_sample(sample: SampleSummary) -> None:
 
     from tlops.adapters.dvc import dir_md5
 
-    pointer = Path(__file__).resolve().parents[2] / "data.dvc"
+    pointer = Path(__file__).resolve().parents[3] / "data.dvc"
     out = yaml.safe_load(pointer.read_text(encoding="utf-8"))["outs"][0]
     assert dir_md5(sample.root) == (out["md5"], out["nfiles"], out["size"])

@@ -12,7 +12,7 @@ import pytest
 from tlops.config import RunConfig, apply_overrides, dump_config, load_config
 from tlops.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
 INVALID = sorted((ROOT / "tests" / "configs" / "invalid").glob("*.yaml"))
 

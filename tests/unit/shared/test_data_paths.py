@@ -10,7 +10,7 @@ import pytest
 from tlops.config import load_config
 from tlops.errors import ConfigError
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
 
 
 def test_dvc_file_must_stay_inside_the_repo() -> None:

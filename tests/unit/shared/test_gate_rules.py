@@ -16,7 +16,7 @@ from tlops.decision.gate import Evidence, decide, mcnemar
 from tlops.errors import ConfigError
 from tlops.rules import GateRule, Rule
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 #: Every rule class of the union, found by introspection (a new kind is covered automatically).
 KINDS: dict[str, type[Rule]] = {
     cls.model_fields["kind"].default: cls for cls in get_args(get_args(GateRule)[0])

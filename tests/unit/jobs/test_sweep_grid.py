@@ -28,7 +28,7 @@ from tlops.jobs.sweep import (
 )
 from tlops.jobs.train import EvalSummary, TrainSummary
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 

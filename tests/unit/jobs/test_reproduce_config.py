@@ -21,7 +21,7 @@ from tlops.jobs.reproduce import reproduction_config
 from tlops.jobs.train import run_tags
 from tlops.rules import GateRule
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

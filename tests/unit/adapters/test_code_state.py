@@ -13,7 +13,7 @@ from pathlib import Path
 from tlops.config import GateConfig, ValueRule
 from tlops.decision.gate import Evidence, decide
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PROBE = """
 import json
 from pathlib import Path

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.reports import ci_mode, write_report
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
-BAD = str(Path(__file__).resolve().parents[1] / "configs" / "invalid" / "unknown_field.yaml")
+SMOKE = str(Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml")
+BAD = str(Path(__file__).resolve().parents[2] / "configs" / "invalid" / "unknown_field.yaml")
 
 
 def _free_port() -> int:

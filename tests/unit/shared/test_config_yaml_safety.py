@@ -11,7 +11,7 @@ import pytest
 from tlops.config import load_config
 from tlops.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAX_CONFIG_BYTES = 1 << 20  # the documented cap: 1 MiB
 
 

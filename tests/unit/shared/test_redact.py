@@ -15,7 +15,7 @@ from tlops.data.version import DataVersion
 from tlops.errors import ServiceError
 from tlops.jobs.train import run_tags
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SECRETS = ("s3cr3t", "tok3n", "abc123", "AKIAEXAMPLE")
 REMOTE = "https://bob:tok3n@dvc.example/store?sig=abc123&sv=2020-01-01"
 
