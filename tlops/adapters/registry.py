@@ -293,10 +293,23 @@ def set_alias(name: str, alias: str, version: str | None) -> None:
                 raise
 
 
+#: The longest reason a ledger entry keeps (the whole entry must fit one MLflow tag).
+WHY_LIMIT = 1500
+
+
+def _fit_reason(why: str, limit: int = WHY_LIMIT) -> str:
+    """``why`` cut to ``limit`` characters in its middle, so that what settling appended at the
+    end ("; alias restored", "; confirmed by reconcile") is never the part that is lost."""
+    if len(why) <= limit:
+        return why
+    tail = limit // 3
+    return f"{why[: limit - tail - 5]} ... {why[-tail:]}"
+
+
 def write_ledger(name: str, entry: LedgerEntry) -> LedgerEntry:
     """Write ``entry`` under its key (a new key for a new entry); returns it with its key."""
     key = entry.key or f"{LEDGER_PREFIX}{time.time_ns():020d}.{entry.alias}.{entry.to_version}"
-    stored = entry.model_copy(update={"key": key, "why": entry.why[:1500]})
+    stored = entry.model_copy(update={"key": key, "why": _fit_reason(entry.why)})
     with service(f"write the ledger of {name}"):
         client().set_registered_model_tag(name, key, stored.model_dump_json(exclude={"key"}))
     return stored

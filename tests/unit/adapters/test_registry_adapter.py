@@ -154,6 +154,18 @@ def test_ledger_entries_settle_and_keep_their_key(model_run: Any) -> None:
     assert (entry.state, entry.why) == ("aborted", "gate passed; undone") and entry.settled
 
 
+def test_settling_a_long_reason_keeps_what_settling_appended(model_run: Any) -> None:
+    """A reason already near the limit is cut in its middle: the settled state's note at its
+    end ("alias restored") is what a reader of an aborted promotion needs, and stays."""
+    name = unique("longwhy")
+    v1 = registered(model_run, name)
+    intent = registry.intend_move(name, "champion", v1.version, None, "g" * 1490, "flow", None)
+    registry.write_ledger(name, intent.settle("aborted", "promotion failed: boom; alias restored"))
+    (entry,) = registry.ledger(name)
+    assert entry.state == "aborted" and len(entry.why) == 1500
+    assert entry.why.startswith("g" * 900) and entry.why.endswith("boom; alias restored")
+
+
 def test_ledger_skips_what_tlops_did_not_write_and_reads_old_entries(model_run: Any) -> None:
     name = unique("handmade")
     registered(model_run, name)
