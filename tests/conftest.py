@@ -248,6 +248,33 @@ def _console_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg
     return list(found.values())
 
 
+class _LastResort(logging.StreamHandler):  # type: ignore[type-arg]
+    """What :data:`logging.lastResort` does in a process of its own: a record that no handler
+    of its logger's chain takes goes to stderr, WARNING and up, as the bare message. Under
+    pytest the root logger holds pytest's capture handlers, so Python's own last resort never
+    fires; they don't count here."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(stream)
+        self.setLevel(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` only when no other handler of its chain would."""
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self and not _pytest_handler(h) for h in logger.handlers):
+                return
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        super().emit(record)
+
+
+def _pytest_handler(handler: logging.Handler) -> bool:
+    """Whether ``handler`` is one of pytest's (log capture, live logging)."""
+    return type(handler).__module__.startswith("_pytest")
+
+
 @contextlib.contextmanager
 def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
     """Point ``sys.stdout``, ``sys.stderr`` and the console log handlers at fresh buffers."""
@@ -258,10 +285,13 @@ def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
         handler.setStream(err)
         if getattr(handler, "console", None) is not None:
             handler.console.file = err  # type: ignore[attr-defined]  # Prefect's rich console
+    last_resort = _LastResort(err)
+    logging.getLogger().addHandler(last_resort)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             yield out, err
         finally:
+            logging.getLogger().removeHandler(last_resort)
             for handler, stream, console_file in saved:
                 handler.setStream(stream)
                 if console_file is not None:
