@@ -236,16 +236,26 @@ def _exit_code(code: object) -> int:
 
 
 def _console_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg]
-    """The logging handlers that write to the process's stdout or stderr (Prefect's console
-    handler among them), not pytest's own capture handlers."""
+    """Every live logging handler that writes to the process's stdout or stderr (Prefect's
+    console handler, TensorFlow's, absl's), attached to a logger or not: a later
+    ``logging.config.dictConfig`` (Prefect's, at the first flow run) closes them all, and
+    absl's closes its stream when that is not the current ``sys.stderr``."""
     streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
-    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    refs = list(logging._handlerList)  # type: ignore[attr-defined]  # weak refs, all handlers
     found: dict[int, logging.StreamHandler] = {}  # type: ignore[type-arg]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
-                found[id(handler)] = handler
+    for handler in (ref() for ref in refs):
+        if isinstance(handler, logging._StderrHandler):  # type: ignore[attr-defined]
+            continue  # logging.lastResort: it always writes to the sys.stderr of the moment
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+            found[id(handler)] = handler
     return list(found.values())
+
+
+class _Buffer(io.StringIO):
+    """A text buffer that a handler's ``close()`` cannot close before it is read."""
+
+    def close(self) -> None:
+        """Keep the text: the CLI's output is read after the run."""
 
 
 class _LastResort(logging.StreamHandler):  # type: ignore[type-arg]
@@ -278,7 +288,7 @@ def _pytest_handler(handler: logging.Handler) -> bool:
 @contextlib.contextmanager
 def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
     """Point ``sys.stdout``, ``sys.stderr`` and the console log handlers at fresh buffers."""
-    out, err = io.StringIO(), io.StringIO()
+    out, err = _Buffer(), _Buffer()
     handlers = _console_handlers()
     saved = [(h, h.stream, getattr(getattr(h, "console", None), "file", None)) for h in handlers]
     for handler in handlers:
