@@ -235,27 +235,32 @@ def _exit_code(code: object) -> int:
     return 1
 
 
+class _Buffer(io.StringIO):
+    """A text buffer that a handler's ``close()`` cannot close before it is read."""
+
+    def close(self) -> None:
+        """Keep the text: the CLI's output is read after the run."""
+
+
 def _console_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg]
     """Every live logging handler that writes to the process's stdout or stderr (Prefect's
-    console handler, TensorFlow's, absl's), attached to a logger or not: a later
-    ``logging.config.dictConfig`` (Prefect's, at the first flow run) closes them all, and
-    absl's closes its stream when that is not the current ``sys.stderr``."""
+    console handler, TensorFlow's, absl's), or to an earlier run's buffer, attached to a
+    logger or not: a later ``logging.config.dictConfig`` (Prefect's, at the first flow run)
+    closes them all, and absl's closes its stream when that is not the current
+    ``sys.stderr``."""
     streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
     refs = list(logging._handlerList)  # type: ignore[attr-defined]  # weak refs, all handlers
     found: dict[int, logging.StreamHandler] = {}  # type: ignore[type-arg]
     for handler in (ref() for ref in refs):
         if isinstance(handler, logging._StderrHandler):  # type: ignore[attr-defined]
             continue  # logging.lastResort: it always writes to the sys.stderr of the moment
-        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in streams:
+        if not isinstance(handler, logging.StreamHandler):
+            continue
+        # a handler made during an earlier in-process run (Prefect's, at its first flow run)
+        # holds that run's buffer: it is a console handler too
+        if id(handler.stream) in streams or isinstance(handler.stream, _Buffer):
             found[id(handler)] = handler
     return list(found.values())
-
-
-class _Buffer(io.StringIO):
-    """A text buffer that a handler's ``close()`` cannot close before it is read."""
-
-    def close(self) -> None:
-        """Keep the text: the CLI's output is read after the run."""
 
 
 class _LastResort(logging.StreamHandler):  # type: ignore[type-arg]
