@@ -197,17 +197,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 PROCESS_ONLY_ENV = ("TLOPS_FAULT_BLOCK",)
 
 
+#: Set to 1 to run the CLI in the test process (see :func:`tlops_cli`); off by default until
+#: the one in-process failure seen in CI (tests/flows/test_train_flow.py, after other flows ran
+#: in the same process) is understood.
+IN_PROCESS_ENV = "TLOPS_TESTS_IN_PROCESS"
+
+
 def tlops_cli(
-    args: list[str], prefect_api: str, *, process: bool = False, **env: str
+    args: list[str], prefect_api: str, *, process: bool | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``tlops`` CLI as a user or CI would: its exit code, stdout and stderr.
 
-    By default it runs in this test process (the same ``flows.cli.main`` the ``tlops`` script
-    calls, with ``argv``, the environment and the output streams of its own), which saves the
-    20-30 s that every new process spends importing TensorFlow, MLflow, Prefect and GX.
-    ``process=True`` (or a blocking fault hook in ``env``) runs it in a process of its own, for
-    what needs one: a kill, concurrent runs, a fresh interpreter's import state.
+    With ``$TLOPS_TESTS_IN_PROCESS=1`` it runs in this test process (the same
+    ``flows.cli.main`` the ``tlops`` script calls, with ``argv``, the environment and the output
+    streams of its own), which saves the 20-30 s that every new process spends importing
+    TensorFlow, MLflow, Prefect and GX. Otherwise, or with ``process=True`` (or a blocking fault
+    hook in ``env``), it runs in a process of its own, as for what needs one: a kill,
+    concurrent runs, a fresh interpreter's import state.
     """
+    if process is None:
+        process = os.environ.get(IN_PROCESS_ENV, "0") != "1"
     if process or any(key in env for key in PROCESS_ONLY_ENV):
         return _cli_process(args, prefect_api, env)
     return _cli_in_process(args, prefect_api, env)
