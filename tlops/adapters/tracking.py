@@ -340,6 +340,21 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        _publish_last_sample(monitor)
+
+
+def _publish_last_sample(monitor: Any) -> None:
+    """Log one closing sample of the system metrics.
+
+    MLflow's monitor publishes only after a whole sampling interval, so a training shorter than
+    one interval (a small or warm run) would otherwise end with no `system/` metric at all.
+    """
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as exc:  # best effort, like MLflow's own sampling: never masks the run's end
+        logging.getLogger(__name__).warning("system metrics: last sample not logged: %s", exc)
 
 
 #: The packages that provide each Keras backend, in the order they are looked for.

@@ -218,3 +218,15 @@ def test_system_metrics_are_sampled_into_the_run(store: str) -> None:
         time.sleep(1.5)
     metrics = tracking.client().get_run(run_id).data.metrics
     assert any(key.startswith("system/cpu_utilization") for key in metrics), sorted(metrics)
+
+
+def test_a_training_shorter_than_one_sampling_interval_still_gets_its_system_metrics(
+    store: str,
+) -> None:
+    """MLflow's monitor publishes only after a whole interval; a warm in-process training of a
+    few seconds used to end with no `system/` metric at all (found through the in-process CLI)."""
+    run_id = tracking.start_run(unique("system-short"), "r", {}, {})
+    with tracking.system_metrics(run_id, interval_s=60.0):
+        pass
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in metrics), sorted(metrics)
