@@ -251,7 +251,8 @@ def feature_cache(settings: Settings, assets: Path) -> Json:
     import keras
 
     from tlops.model.classifier import freeze_base
-    from tlops.model.training import _compile, cached_features
+    from tlops.model.training import _compile
+    from tlops.model.views import ViewPlan, cached_store
 
     size, batch, epochs = settings.cache_size, settings.batch_size, settings.cache_epochs
     # test_fraction must be > 0: its ~1% joins train, giving a stratified 80/20 train/val
@@ -274,9 +275,15 @@ def feature_cache(settings: Settings, assets: Path) -> Json:
         y_val = encode_labels(val.labels, k, clf.binary)
 
         # (a) features once, then the head alone on them
-        cache_file = Path(tmp) / "features.npz"
+        store_dir = Path(tmp) / "features"
+        plan = ViewPlan(1, cfg.train.augment, 0, size, batch, clf.binary)
         start = time.perf_counter()
-        features, hit = cached_features(clf, {"train": train, "val": val}, size, batch, cache_file)
+        store, hit = cached_store(clf.feature_model, train, val, plan, store_dir)
+        train_x, val_x = store.load()
+        features = {
+            "train": np.asarray(train_x[0], np.float32),
+            "val": np.asarray(val_x, np.float32),
+        }
         extracted = time.perf_counter()
         _compile(clf.head_model, cfg, cfg.train.frozen.learning_rate, clf.binary)
         timer_a = epoch_timer()
@@ -285,7 +292,7 @@ def feature_cache(settings: Settings, assets: Path) -> Json:
             batch_size=batch, epochs=epochs, shuffle=True, callbacks=[timer_a], verbose=2,
         )  # fmt: skip
         head_done = time.perf_counter()
-        _, hit_again = cached_features(clf, {"train": train, "val": val}, size, batch, cache_file)
+        _, hit_again = cached_store(clf.feature_model, train, val, plan, store_dir)
         reload_s = time.perf_counter() - head_done
 
         # (b) the same head from the same start, on the full model over decoded images

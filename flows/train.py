@@ -64,7 +64,10 @@ class TrainOutcome(BaseModel):
                 f"- test: accuracy {m['test_accuracy']:.4f}, macro F1 {m['test_macro_f1']:.4f},"
                 f" latency {m['latency_ms_batch1']:.2f} ms/image (batch 1)",
                 f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`",
+                *([f"- {t.kept_margin}"] if t.kept_margin else []),
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
+                *(f"- phase {name}: {path}" for name, path in t.phase_paths.items()),
+                *(f"- note: {note}" for note in t.notes),
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
                 f"- **{self.promotion.line()}**",
                 *(f"- reconciled first: {a}" for a in self.reconciled + self.promotion.reconciled),

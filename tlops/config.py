@@ -239,6 +239,13 @@ class AugmentConfig(_Section):
     zoom: float = Field(0.0, ge=0.0, lt=1.0)
     contrast: float = Field(0.0, ge=0.0, lt=1.0)
     translation: float = Field(0.0, ge=0.0, lt=1.0)
+    views: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="augmented views cached per training image (the first is the image "
+        "itself); epochs cycle through them. 1 with augmentation on = augment live, whole model",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -301,7 +308,15 @@ class TrainConfig(_Section):
         "off on TensorFlow CPUs)",
     )
     feature_cache: bool = Field(
-        True, description="train the frozen phase on cached backbone features (no augmentation)"
+        True, description="train the frozen phase on cached pooled features of the base"
+    )
+    boundary_cache: bool = Field(
+        True,
+        description="fine-tune on cached activations at the fine-tuning boundary (everything "
+        "below it is frozen): only the unfrozen top of the base and the head run every epoch",
+    )
+    cache_budget_gb: float = Field(
+        4.0, gt=0, description="largest cache of activations (float16) a run may write"
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

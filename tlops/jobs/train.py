@@ -51,6 +51,13 @@ class TrainSummary(BaseModel):
     trainable_params: dict[str, int]
     backbone_tags: dict[str, str] = {}
     backbone_path: str = ""
+    #: per phase, how it trained: "pooled cache (1 view, 0.2 MB, hit)", "whole model", ...
+    phase_paths: dict[str, str] = {}
+    #: ``train.<phase>.path|views|cache|cache_mb|boundary`` tags of the run
+    path_tags: dict[str, str] = {}
+    #: how clearly the kept phase won, in validation images (see ``kept_margin``)
+    kept_margin: str = ""
+    notes: list[str] = []
 
 
 class EvalSummary(BaseModel):
@@ -159,7 +166,14 @@ def train_model(
     """
     from tlops.model import classifier as tl_model
     from tlops.model.runtime import configure, strategy_scope
-    from tlops.model.training import TrainInputs, checkpoint_folder, feature_cache_key, train
+    from tlops.model.training import (
+        PATH_FIELDS,
+        TrainInputs,
+        checkpoint_folder,
+        describe_path,
+        kept_margin,
+        train,
+    )
 
     runtime = configure(cfg.train)
     train_split, val_split = _splits(manifest, data, cfg.data.train_per_class)
@@ -173,13 +187,11 @@ def train_model(
             cfg.data.image_size, cfg.train.seed,
         )  # fmt: skip
     fingerprint = training_fingerprint(cfg, data, manifest)
-    feature_key = feature_cache_key(
-        {
-            "weights": digest, "backbone": spec.name, "alpha": str(cfg.backbone.alpha),
-            "data": data.md5, "manifest": manifest.digest, "size": str(cfg.data.image_size),
-            "preprocess": spec.preprocess, "precision": runtime.precision,
-        }
-    )  # fmt: skip
+    cache_key = {
+        "weights": digest, "backbone": spec.name, "alpha": str(cfg.backbone.alpha),
+        "data": data.md5, "manifest": manifest.digest, "size": str(cfg.data.image_size),
+        "preprocess": spec.preprocess, "precision": runtime.precision,
+    }  # fmt: skip
     phases = {"frozen": 1, "fine_tune": 2, "full": 1}
 
     def callbacks(phase: str, offset: int) -> list[Any]:
@@ -196,7 +208,8 @@ def train_model(
             checkpoint_dir=lease.folder,
             fingerprint=fingerprint,
             fine_tune_from=cfg.backbone.fine_tune_from or spec.fine_tune_from,
-            feature_cache_file=default_cache_root() / "features" / f"{feature_key}.npz",
+            cache_dir=default_cache_root() / "activations",
+            cache_key=cache_key,
             callbacks=callbacks,
         )
         result = train(clf, cfg, inputs)
@@ -227,6 +240,20 @@ def train_model(
         trainable_params={p.name: p.trainable_params for p in result.phases},
         backbone_tags=backbone_tags,
         backbone_path=backbone_path,
+        phase_paths={p.name: describe_path(p) for p in result.phases},
+        path_tags={
+            f"train.{p.name}.{k}": str(getattr(p, k))
+            for p in result.phases
+            for k in PATH_FIELDS
+            if getattr(p, k) is not None
+        },
+        kept_margin=kept_margin(
+            {p.name: p.best_value for p in result.phases},
+            result.kept_phase,
+            cfg.train.monitor,
+            len(val_split),
+        ),
+        notes=result.notes,
     )
 
 
@@ -416,6 +443,7 @@ def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> s
             "resumed_at": trained.resumed_at or "none",
             **trained.runtime_tags,
             **trained.backbone_tags,
+            **trained.path_tags,
         },
     )
     summary = {f"best_{k}": v for k, v in trained.phase_best.items() if v is not None}

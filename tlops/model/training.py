@@ -29,7 +29,16 @@ import numpy as np
 
 from tlops.config import PhaseConfig, RunConfig
 from tlops.data.inputs import SplitData, encode_labels, make_dataset
-from tlops.model.classifier import Classifier, count_params, freeze_base, unfreeze_all, unfreeze_top
+from tlops.model.boundary import find_cut, split_classifier
+from tlops.model.classifier import (
+    Classifier,
+    _start_index,
+    count_params,
+    freeze_base,
+    unfreeze_all,
+    unfreeze_top,
+)
+from tlops.model.views import ViewCycle, ViewPlan, cache_bytes, cached_store, view_epochs
 from tlops.paths import atomic_path
 
 CallbackFactory = Callable[[str, int], list[Any]]  # (phase, epoch offset) -> keras callbacks
@@ -48,7 +57,12 @@ class PhaseResult:
     non_trainable_params: int
     seconds: float
     images_per_s: float
-    used_feature_cache: bool
+    used_feature_cache: bool  # trained on cached activations (pooled or boundary)
+    path: str = "whole_model"  # pooled_cache | boundary_cache | whole_model
+    views: int = 1  # train views cycled through (1: the images themselves)
+    cache: str = "off"  # hit | miss | off
+    cache_mb: float = 0.0
+    boundary: str | None = None  # first layer of the top, for the boundary cache
 
 
 @dataclass
@@ -59,7 +73,7 @@ class TrainResult:
     kept_phase: str
     monitor: str
     resumed_at: str | None = None
-    feature_cache: str = "off"  # off | augmentation | hit | miss
+    feature_cache: str = "off"  # the frozen phase's: off | augmentation | hit | miss
     notes: list[str] = field(default_factory=list)
 
     def history(self) -> dict[str, dict[str, list[float]]]:
@@ -285,38 +299,129 @@ def _epoch_checkpoint(model: Any, ckpt: Checkpoints, name: str, monitor: str) ->
     return EpochCheckpoint()
 
 
-# -- feature cache ----------------------------------------------------------------------------
+# -- cached activations -----------------------------------------------------------------------
 
 
 def feature_cache_key(parts: dict[str, str]) -> str:
-    """sha256 of the inputs that determine pooled features."""
+    """sha256 of the inputs that determine cached activations."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cached_features(
-    clf: Classifier, splits: dict[str, SplitData], size: int, batch: int, cache_file: Path
-) -> tuple[dict[str, np.ndarray], bool]:
-    """Pooled backbone features of each split, from ``cache_file`` or computed and stored."""
-    if cache_file.is_file():
-        with np.load(cache_file) as stored:
-            loaded = {k: stored[k] for k in stored.files}
-        if all(k in loaded and len(loaded[k]) == len(v) for k, v in splits.items()):
-            return loaded, True
-    features = {
-        name: np.asarray(
-            clf.feature_model.predict(
-                make_dataset(
-                    data, size, batch, binary=clf.binary, shuffle=False, seed=0, labels=False
-                ),
-                verbose=0,
-            ),
-            dtype=np.float32,
+def _files_digest(*splits: SplitData) -> str:
+    """sha256 of the splits' files and labels, in order (the label budget changes them)."""
+    digest = hashlib.sha256()
+    for data in splits:
+        digest.update(json.dumps([data.relpaths, data.labels.tolist()]).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class PhaseData:
+    """What a phase trains: the whole model on images, or a top model on cached activations."""
+
+    path: str  # pooled_cache | boundary_cache | whole_model
+    fit_model: Any
+    train: ViewCycle | None = None
+    val: ViewCycle | None = None
+    views: int = 1
+    cache: str = "off"  # hit | miss | off
+    cache_mb: float = 0.0
+    boundary: str | None = None
+
+
+#: What a phase's training path is made of (kept in the checkpoint state for a resumed run).
+PATH_FIELDS = ("path", "views", "cache", "cache_mb", "boundary")
+
+
+def _views(cfg: RunConfig) -> int:
+    """Train views to cache: ``train.augment.views`` with augmentation on, else 1."""
+    return cfg.train.augment.views if cfg.train.augment.enabled else 1
+
+
+def _cached_source(
+    clf: Classifier, cfg: RunConfig, inputs: TrainInputs, name: str, notes: list[str]
+) -> tuple[str, Any, Any, str | None] | None:
+    """(kind, frozen model, top model, boundary layer) of the phase's cache, or None when the
+    phase runs the whole model (a line in ``notes`` says why, where it is not the config)."""
+    if name == "frozen" and cfg.train.feature_cache:
+        return "pooled", clf.feature_model, clf.head_model, None
+    if name != "fine_tune" or not cfg.train.boundary_cache:
+        return None
+    start = _start_index(clf.base, inputs.fine_tune_from)
+    cut = find_cut(clf.base, start)
+    layer = clf.base.layers[start].name
+    if cut is None:
+        notes.append(
+            f"phase fine_tune: no single tensor crosses the base below {layer}: the whole model "
+            "runs every epoch"
         )
-        for name, data in splits.items()
-    }
-    with atomic_path(cache_file, suffix=".tmp.npz") as tmp:  # a unique name: trials in parallel
-        np.savez(tmp, train=features["train"], val=features["val"])
-    return features, False
+        return None
+    if cut.index < start:
+        notes.append(
+            f"phase fine_tune: residual branches cross the base at {layer}; its activations are "
+            f"cached at {cut.layer}, the nearest single-tensor boundary below"
+        )
+    halves = split_classifier(clf, cut)
+    return "boundary", halves.bottom, halves.top, cut.layer
+
+
+def phase_data(
+    clf: Classifier, cfg: RunConfig, inputs: TrainInputs, name: str, notes: list[str]
+) -> PhaseData:
+    """How phase ``name`` trains: on a cache of activations (built here on a miss) when its
+    switch is on, the frozen part is single-tensor and the cache fits the budget; else the
+    whole model, with the reason in ``notes``."""
+    whole = PhaseData("whole_model", clf.model)
+    if inputs.cache_dir is None or name == "full":
+        return whole
+    views = _views(cfg)
+    if cfg.train.augment.enabled and views == 1:
+        notes.append(
+            f"phase {name}: augmentation is on with train.augment.views=1, so it runs live: the "
+            "whole model runs every epoch"
+        )
+        return whole
+    source = _cached_source(clf, cfg, inputs, name, notes)
+    if source is None:
+        return whole
+    kind, frozen, top, boundary = source
+    shape = tuple(int(d) for d in frozen.output.shape[1:])
+    need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
+    budget = cfg.train.cache_budget_gb
+    if need > budget * 1e9:
+        notes.append(
+            f"phase {name}: the {kind} cache would take {need / 1e9:.2f} GB, over "
+            f"train.cache_budget_gb={budget}: the whole model runs every epoch"
+        )
+        return whole
+    augment = cfg.train.augment.model_dump(mode="json") if views > 1 else {}
+    key = feature_cache_key(
+        {
+            **inputs.cache_key, "kind": kind, "boundary": boundary or "", "views": str(views),
+            "augment": json.dumps(augment, sort_keys=True),
+            "seed": str(cfg.train.seed if views > 1 else 0),
+            "files": _files_digest(inputs.train, inputs.val),
+        }
+    )  # fmt: skip
+    plan = ViewPlan(
+        views, cfg.train.augment, cfg.train.seed, cfg.data.image_size, cfg.train.batch_size,
+        clf.binary,
+    )  # fmt: skip
+    store, hit = cached_store(frozen, inputs.train, inputs.val, plan, inputs.cache_dir / kind / key)
+    train_x, val_x = store.load()
+    k, batch, seed = len(inputs.train.classes), cfg.train.batch_size, cfg.train.seed
+    train_y = encode_labels(inputs.train.labels, k, clf.binary)
+    val_y = encode_labels(inputs.val.labels, k, clf.binary)
+    return PhaseData(
+        path=f"{kind}_cache",
+        fit_model=top,
+        train=ViewCycle(train_x, train_y, batch, seed, shuffle=True),
+        val=ViewCycle(val_x[None], val_y, batch, seed, shuffle=False),
+        views=views,
+        cache="hit" if hit else "miss",
+        cache_mb=round(store.nbytes() / 1e6, 1),
+        boundary=boundary,
+    )
 
 
 # -- phases -----------------------------------------------------------------------------------
@@ -432,7 +537,8 @@ class TrainInputs:
     checkpoint_dir: Path
     fingerprint: str
     fine_tune_from: str | int | float
-    feature_cache_file: Path | None = None
+    cache_dir: Path | None = None  # where cached activations live; None = never cache
+    cache_key: dict[str, str] = field(default_factory=dict)  # weights, data, size, ...
     callbacks: CallbackFactory | None = None
     log: Callable[[str], None] = print
 
@@ -443,15 +549,14 @@ def _fit_phase(
     inputs: TrainInputs,
     name: str,
     phase: PhaseConfig,
-    features: dict[str, np.ndarray] | None,
+    data: PhaseData,
     ckpt: Checkpoints,
     offset: int,
-) -> tuple[float, bool]:
-    """Run the remaining epochs of one phase; return (seconds, used cached features)."""
+) -> float:
+    """Run the remaining epochs of one phase on ``data``; return the seconds it took."""
     state = ckpt.phase(name)
     initial = int(state["epochs_done"])
-    on_features = features is not None
-    fit_model = clf.head_model if on_features else clf.model
+    fit_model = data.fit_model
     _compile(fit_model, cfg, phase.learning_rate, clf.binary)
     if initial and ckpt.weights(name, "latest").is_file():
         _load_weights(clf.model, ckpt.weights(name, "latest"))
@@ -462,19 +567,14 @@ def _fit_phase(
         callbacks += inputs.callbacks(name, offset)
     size, batch = cfg.data.image_size, cfg.train.batch_size
     start = time.perf_counter()
-    if on_features:
-        assert features is not None
-        k, binary = len(inputs.train.classes), clf.binary
+    if data.train is not None:
         fit_model.fit(
-            features["train"],
-            encode_labels(inputs.train.labels, k, binary),
-            validation_data=(features["val"], encode_labels(inputs.val.labels, k, binary)),
-            batch_size=batch,
+            data.train,
+            validation_data=data.val,
             epochs=phase.epochs,
             initial_epoch=initial,
             class_weight=_class_weights(cfg, inputs.train),
-            callbacks=callbacks,
-            shuffle=True,
+            callbacks=[view_epochs(data.train), *callbacks],
             verbose=2,
         )
     else:
@@ -491,14 +591,64 @@ def _fit_phase(
             shuffle=False,  # the dataset shuffles itself
             verbose=2,
         )
-    return time.perf_counter() - start, on_features
+    return time.perf_counter() - start
+
+
+def kept_margin(best: dict[str, float | None], kept: str, monitor: str, n_val: int) -> str:
+    """How clearly the kept phase won, in validation images when the monitor is accuracy.
+
+    A difference within two binomial standard deviations of the accuracy
+    (``2 sqrt(n p (1 - p))`` images) is called noise: the phases are then as good as each other
+    on this validation split, and the kept one is the better by chance as much as by skill.
+    """
+    scored = {k: v for k, v in best.items() if v is not None}
+    others = {k: v for k, v in scored.items() if k != kept}
+    if kept not in scored or not others:
+        return f"kept {kept}"
+    other, value = max(others.items(), key=lambda kv: kv[1] if monitor != "val_loss" else -kv[1])
+    if monitor != "val_accuracy":
+        return f"kept {kept} ({monitor} {scored[kept]:.4f} vs {value:.4f} for {other})"
+    images = round((scored[kept] - value) * n_val)
+    p = max(scored[kept], value)
+    noise = 2 * math.sqrt(n_val * p * (1 - p))
+    verdict = "within noise" if abs(images) <= noise else "beyond noise"
+    return (
+        f"kept {kept}: {images} more of {n_val} validation images right than {other} "
+        f"({verdict}: 2 sd = {noise:.1f} images)"
+    )
+
+
+def describe_path(data: PhaseResult | PhaseData) -> str:
+    """How a phase trains (or trained): "boundary cache at block_13_expand (4 views, 61.4 MB,
+    hit)", "pooled cache (1 view, 0.2 MB, miss)" or "whole model"."""
+    if data.path == "whole_model":
+        return "whole model"
+    at = f" at {data.boundary}" if data.boundary else ""
+    plural = "s" if data.views > 1 else ""
+    size = f"{data.views} view{plural}, {data.cache_mb} MB, {data.cache}"
+    return f"{data.path.replace('_', ' ')}{at} ({size})"
+
+
+def path_line(name: str, data: PhaseResult | PhaseData) -> str:
+    """One log line saying how a phase trains."""
+    return f"phase {name}: {describe_path(data)}"
+
+
+def _feature_cache_state(cfg: RunConfig, data: PhaseData) -> str:
+    """The frozen phase's cache as ``TrainResult.feature_cache`` names it."""
+    if data.path == "pooled_cache":
+        return data.cache
+    if cfg.train.augment.enabled and _views(cfg) == 1:
+        return "augmentation"
+    return "off"
 
 
 def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
     """Train ``clf`` through the phases of the strategy; the model ends on the kept phase.
 
     1. plan the phases; load the checkpoint state (same fingerprint = resume);
-    2. for the frozen phase without augmentation, train the head on cached pooled features;
+    2. the frozen phase trains the head on cached pooled features, fine-tuning the top of the
+       base on cached boundary activations (:func:`phase_data`), each over the cached views;
     3. each phase: set trainable layers, recompile (lower LR for fine-tuning), fit the epochs
        still to do, restore its best epoch;
     4. keep the phase with the best validation metric and restore its weights.
@@ -513,21 +663,17 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
     for name, phase in plan_phases(cfg):
         _prepare(clf, name, inputs.fine_tune_from, _train_batchnorm(cfg))
         state = ckpt.phase(name)
-        features = None
-        if name == "frozen" and cfg.train.feature_cache and inputs.feature_cache_file:
-            if cfg.train.augment.enabled:
-                result.feature_cache = "augmentation"
-                result.notes.append("augmentation is on: frozen phase runs the full model")
-            else:
-                splits = {"train": inputs.train, "val": inputs.val}
-                features, hit = cached_features(
-                    clf, splits, cfg.data.image_size, cfg.train.batch_size,
-                    inputs.feature_cache_file,
-                )  # fmt: skip
-                result.feature_cache = "hit" if hit else "miss"
-        seconds, on_features = 0.0, features is not None
+        seconds, data = (
+            0.0,
+            PhaseData(**{"path": "whole_model", **state.get("path", {})}, fit_model=clf.model),
+        )
         if not state["done"] and phase.epochs > int(state["epochs_done"]):
-            seconds, on_features = _fit_phase(clf, cfg, inputs, name, phase, features, ckpt, offset)
+            data = phase_data(clf, cfg, inputs, name, result.notes)
+            inputs.log(path_line(name, data))
+            state["path"] = {k: getattr(data, k) for k in PATH_FIELDS}
+            seconds = _fit_phase(clf, cfg, inputs, name, phase, data, ckpt, offset)
+        if name == "frozen":
+            result.feature_cache = _feature_cache_state(cfg, data)
         if ckpt.weights(name, "best").is_file():
             _load_weights(clf.model, ckpt.weights(name, "best"))
         state["done"] = True
@@ -546,7 +692,8 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
                 non_trainable_params=frozen,
                 seconds=round(seconds, 3),
                 images_per_s=round(run_epochs * len(inputs.train) / seconds, 1) if seconds else 0.0,
-                used_feature_cache=on_features,
+                used_feature_cache=data.path != "whole_model",
+                **{k: getattr(data, k) for k in PATH_FIELDS},
             )
         )
         offset += epochs_run
