@@ -28,7 +28,7 @@ demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, r
 	@echo "'glyphs', 'digits', 'digits-scratch'; Models: glyphs-backbone, digits (@champion)."
 
 test: setup  ## the whole test suite (unit + flows with real services)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-fast: setup  ## the unit layer alone (seconds to a couple of minutes)
 	$(BIN)/pytest -q -m unit -n 2

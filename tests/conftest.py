@@ -33,13 +33,29 @@ GIT_ENV = {
 LAYERS = ("unit", "flows", "faults")
 
 
+#: The longest tests (minutes each), started first so that ``-n 2`` never ends waiting on one.
+LONGEST_FIRST = (
+    "flows/test_demo.py",
+    "faults/test_promotion_kill.py",
+    "flows/test_deployment.py",
+    "flows/test_registry_flow.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its layer (``unit``, ``flows`` or ``faults``) from its folder."""
+    """Mark every test with its layer (``unit``, ``flows`` or ``faults``) from its folder, and
+    start the longest tests first (the order of the others is kept)."""
     tests = Path(__file__).resolve().parent
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(tests).parts
         if parts and parts[0] in LAYERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+    def rank(item: pytest.Item) -> int:
+        relative = Path(str(item.path)).resolve().relative_to(tests).as_posix()
+        return LONGEST_FIRST.index(relative) if relative in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(autouse=True)
@@ -197,40 +213,43 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 PROCESS_ONLY_ENV = ("TLOPS_FAULT_BLOCK",)
 
 
-#: Set to 1 to run the CLI in the test process (see :func:`tlops_cli`); off by default until
-#: the one in-process failure seen in CI (tests/flows/test_train_flow.py, after other flows ran
-#: in the same process) is understood.
+#: Set to 0 to run every CLI call of the tests in a process of its own (see :func:`tlops_cli`).
 IN_PROCESS_ENV = "TLOPS_TESTS_IN_PROCESS"
 
 
 def tlops_cli(
-    args: list[str], prefect_api: str, *, process: bool | None = None, **env: str
+    args: list[str],
+    prefect_api: str,
+    *,
+    process: bool | None = None,
+    cwd: Path | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real ``tlops`` CLI as a user or CI would: its exit code, stdout and stderr.
 
-    With ``$TLOPS_TESTS_IN_PROCESS=1`` it runs in this test process (the same
-    ``flows.cli.main`` the ``tlops`` script calls, with ``argv``, the environment and the output
-    streams of its own), which saves the 20-30 s that every new process spends importing
-    TensorFlow, MLflow, Prefect and GX. Otherwise, or with ``process=True`` (or a blocking fault
-    hook in ``env``), it runs in a process of its own, as for what needs one: a kill,
-    concurrent runs, a fresh interpreter's import state.
+    By default it runs in this test process (the same ``flows.cli.main`` the ``tlops`` script
+    calls, with ``argv``, the environment, the working folder ``cwd`` and the output streams of
+    its own), which saves the 20-30 s that every new process spends importing TensorFlow,
+    MLflow, Prefect and GX. With ``process=True`` (or a blocking fault hook in ``env``, or
+    ``$TLOPS_TESTS_IN_PROCESS=0``) it runs in a process of its own, as for what needs one: a
+    kill, concurrent runs, a fresh interpreter's import state.
     """
     if process is None:
-        process = os.environ.get(IN_PROCESS_ENV, "0") != "1"
+        process = os.environ.get(IN_PROCESS_ENV, "1") == "0"
     if process or any(key in env for key in PROCESS_ONLY_ENV):
-        return _cli_process(args, prefect_api, env)
-    return _cli_in_process(args, prefect_api, env)
+        return _cli_process(args, prefect_api, env, cwd)
+    return _cli_in_process(args, prefect_api, env, cwd)
 
 
 def _cli_process(
-    args: list[str], prefect_api: str, env: dict[str, str]
+    args: list[str], prefect_api: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m flows.cli ARGS`` in its own process; flow runs go to the session's server."""
     root = Path(__file__).resolve().parents[1]
     full_env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(root), **env}
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *args],
-        env=full_env, capture_output=True, text=True, timeout=900,
+        env=full_env, capture_output=True, text=True, timeout=900, cwd=cwd,
     )  # fmt: skip
 
 
@@ -323,17 +342,19 @@ def _captured() -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 
 def _cli_in_process(
-    args: list[str], prefect_api: str, env: dict[str, str]
+    args: list[str], prefect_api: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``flows.cli.main()`` in this process, as the ``tlops`` script runs it: the exit code of
     its ``SystemExit``, or 1 and the traceback for an uncaught exception (as Python would)."""
     from flows import cli
 
-    saved_env, saved_argv = dict(os.environ), sys.argv
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, Path.cwd()
     os.environ.update({"PREFECT_API_URL": prefect_api, **env})
     sys.argv = ["tlops", *args]
     code = 0
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with _captured() as (out, err):
             try:
                 cli.main()
@@ -343,6 +364,7 @@ def _cli_in_process(
                 traceback.print_exc()
                 code = 1
     finally:
+        os.chdir(saved_cwd)
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
@@ -385,14 +407,23 @@ def write_shapes(root: Path, per_class: int = 6) -> None:
                 Image.fromarray(img).save(folder / f"{label}_{i}.png")
 
 
+@pytest.fixture(scope="session")
+def _shapes_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Built once per session: the shapes repo and its remote, for :func:`repo` to copy (a
+    git + DVC repo takes about ten seconds of ``git`` and ``dvc`` processes to make)."""
+    base = tmp_path_factory.mktemp("shapes-template")
+    init_repo(base / "repo", base / "remote")
+    write_shapes(base / "repo" / "data")
+    commit_data(base / "repo", "shapes")
+    return base / "repo", base / "remote"
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git + DVC repo (local remote) holding the three-class shapes dataset, committed."""
-    repo = tmp_path / "repo"
-    init_repo(repo, tmp_path / "remote")
-    write_shapes(repo / "data")
-    commit_data(repo, "shapes")
-    return repo
+def repo(_shapes_repo: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A git + DVC repo (local remote) holding the three-class shapes dataset, committed: a
+    private copy of the session's template, at ``tmp_path/repo`` with its remote at
+    ``tmp_path/remote``."""
+    return copy_repo(*_shapes_repo, tmp_path)[0]
 
 
 @pytest.fixture

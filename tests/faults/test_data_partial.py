@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import commit_data, init_repo, write_images
+from conftest import commit_data, copy_repo, init_repo, write_images
 
 from tlops.adapters.dvc import dir_md5, resolve_data
 from tlops.config import DataConfig
@@ -19,16 +19,24 @@ from tlops.config import DataConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A repo with two data versions: v1 (tagged) and v2 (HEAD, the working tree)."""
-    repo = tmp_path / "repo"
-    init_repo(repo, tmp_path / "remote")
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Built once: the repo below and its remote, for each test to copy."""
+    base = tmp_path_factory.mktemp("partial-template")
+    repo = base / "repo"
+    init_repo(repo, base / "remote")
     write_images(repo / "data", {"cat": 3, "dog": 3}, seed=1)
     commit_data(repo, "v1", tag="v1")
     write_images(repo / "data", {"bird": 3}, seed=2)
     commit_data(repo, "v2")
-    return repo
+    return repo, base / "remote"
+
+
+@pytest.fixture
+def repo(_template: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A repo with two data versions: v1 (tagged) and v2 (HEAD, the working tree); a private
+    copy of the module's template, its remote at ``tmp_path/remote``."""
+    return copy_repo(*_template, tmp_path)[0]
 
 
 def _partials() -> list[Path]:

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import commit_data, init_repo, run, tlops_cli, write_images
+from conftest import commit_data, copy_repo, init_repo, run, tlops_cli, write_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -23,14 +23,21 @@ def cli(prefect_api: str):  # type: ignore[no-untyped-def]
     return invoke
 
 
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Built once: the repo below and its remote, for each test to copy."""
+    base = tmp_path_factory.mktemp("validate-template")
+    init_repo(base / "repo", base / "remote")
+    write_images(base / "repo" / "data", {"cat": 4, "dog": 4}, seed=7)
+    commit_data(base / "repo", "good data", tag="good")
+    return base / "repo", base / "remote"
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git + DVC repo holding a small valid dataset, tagged ``good``."""
-    repo = tmp_path / "repo"
-    init_repo(repo, tmp_path / "remote")
-    write_images(repo / "data", {"cat": 4, "dog": 4}, seed=7)
-    commit_data(repo, "good data", tag="good")
-    return repo
+def repo(_template: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A git + DVC repo holding a small valid dataset, tagged ``good`` (a private copy of the
+    module's template, its remote at ``tmp_path/remote``)."""
+    return copy_repo(*_template, tmp_path)[0]
 
 
 def _flow_runs(name: str) -> list[tuple[str, str]]:
