@@ -28,7 +28,7 @@ demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, r
 	@echo "'glyphs', 'digits', 'digits-scratch'; Models: glyphs-backbone, digits (@champion)."
 
 test: setup  ## the whole test suite (unit + flows with real services)
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist worksteal
 
 test-fast: setup  ## the unit layer alone (seconds to a couple of minutes)
 	$(BIN)/pytest -q -m unit -n 2
@@ -46,6 +46,7 @@ format:
 bench: setup  ## benchmarks that print JSON
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/recipe.py
 
 ui:  ## the MLflow UI for the local store, on 127.0.0.1
 	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db \

@@ -41,6 +41,7 @@ class BoundaryModels:
     cut: Cut
     bottom: Any  # raw image (S, S, 3) in 0..255 -> boundary activation (no augmentation)
     top: Any  # boundary activation -> probabilities, sharing the classifier's layers
+    pooled: Any  # boundary activation -> pooled features (what the frozen phase trains on)
 
 
 def _inputs_of(layer: Any) -> list[Any]:
@@ -90,4 +91,6 @@ def split_classifier(clf: Classifier, cut: Cut) -> BoundaryModels:
     activation = keras.Input(cut.shape, name="boundary")
     probabilities = clf.head_model(pool(upper(activation, training=False)))
     top = keras.Model(activation, probabilities, name="boundary_top")
-    return BoundaryModels(cut=cut, bottom=bottom, top=top)
+    features = keras.Input(cut.shape, name="boundary_features")
+    pooled = keras.Model(features, pool(upper(features, training=False)), name="boundary_pooled")
+    return BoundaryModels(cut=cut, bottom=bottom, top=top, pooled=pooled)

@@ -29,7 +29,7 @@ import numpy as np
 
 from tlops.config import PhaseConfig, RunConfig
 from tlops.data.inputs import SplitData, encode_labels, make_dataset
-from tlops.model.boundary import find_cut, split_classifier
+from tlops.model.boundary import BoundaryModels, find_cut, split_classifier
 from tlops.model.classifier import (
     Classifier,
     _start_index,
@@ -38,7 +38,14 @@ from tlops.model.classifier import (
     unfreeze_all,
     unfreeze_top,
 )
-from tlops.model.views import ViewCycle, ViewPlan, cache_bytes, cached_store, view_epochs
+from tlops.model.views import (
+    ViewCycle,
+    ViewPlan,
+    cache_bytes,
+    cached_store,
+    derived_store,
+    view_epochs,
+)
 from tlops.paths import atomic_path
 
 CallbackFactory = Callable[[str, int], list[Any]]  # (phase, epoch offset) -> keras callbacks
@@ -365,12 +372,57 @@ def _cached_source(
     return "boundary", halves.bottom, halves.top, cut.layer
 
 
+def _store_folder(
+    cfg: RunConfig, inputs: TrainInputs, kind: str, boundary: str | None, views: int
+) -> Path:
+    """Where the store of ``kind`` (pooled or boundary) for this run's inputs lives."""
+    assert inputs.cache_dir is not None
+    augment = cfg.train.augment.model_dump(mode="json") if views > 1 else {}
+    key = feature_cache_key(
+        {
+            **inputs.cache_key, "kind": kind, "boundary": boundary or "", "views": str(views),
+            "augment": json.dumps(augment, sort_keys=True),
+            "seed": str(cfg.train.seed if views > 1 else 0),
+            "files": _files_digest(inputs.train, inputs.val),
+        }
+    )  # fmt: skip
+    return inputs.cache_dir / kind / key
+
+
+def _fits(cfg: RunConfig, inputs: TrainInputs, views: int, shape: tuple[int, ...]) -> int | None:
+    """The bytes a store of this activation shape takes, or None when over the budget."""
+    need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
+    return need if need <= cfg.train.cache_budget_gb * 1e9 else None
+
+
+def _shared_boundary(
+    clf: Classifier, cfg: RunConfig, inputs: TrainInputs, views: int
+) -> tuple[BoundaryModels, Path] | None:
+    """The halves and boundary store folder that fine-tuning will use, when it will: the frozen
+    phase then computes its pooled features from that store, so the bottom of the base runs
+    once per image and view for both phases."""
+    tune = cfg.train.strategy == "fine_tune" and cfg.train.fine_tune.epochs > 0
+    if not (tune and cfg.train.boundary_cache):
+        return None
+    cut = find_cut(clf.base, _start_index(clf.base, inputs.fine_tune_from))
+    if cut is None or _fits(cfg, inputs, views, cut.shape) is None:
+        return None
+    return split_classifier(clf, cut), _store_folder(cfg, inputs, "boundary", cut.layer, views)
+
+
 def phase_data(
-    clf: Classifier, cfg: RunConfig, inputs: TrainInputs, name: str, notes: list[str]
+    clf: Classifier,
+    cfg: RunConfig,
+    inputs: TrainInputs,
+    name: str,
+    notes: list[str],
+    built: set[Path] | None = None,
 ) -> PhaseData:
     """How phase ``name`` trains: on a cache of activations (built here on a miss) when its
     switch is on, the frozen part is single-tensor and the cache fits the budget; else the
-    whole model, with the reason in ``notes``."""
+    whole model, with the reason in ``notes``. ``built`` collects the stores this run made
+    (a store made by the frozen phase for fine-tuning is a miss of this run, not a hit)."""
+    built = set() if built is None else built
     whole = PhaseData("whole_model", clf.model)
     if inputs.cache_dir is None or name == "full":
         return whole
@@ -386,28 +438,31 @@ def phase_data(
         return whole
     kind, frozen, top, boundary = source
     shape = tuple(int(d) for d in frozen.output.shape[1:])
-    need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
-    budget = cfg.train.cache_budget_gb
-    if need > budget * 1e9:
+    if _fits(cfg, inputs, views, shape) is None:
+        need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
         notes.append(
             f"phase {name}: the {kind} cache would take {need / 1e9:.2f} GB, over "
-            f"train.cache_budget_gb={budget}: the whole model runs every epoch"
+            f"train.cache_budget_gb={cfg.train.cache_budget_gb}: the whole model runs every epoch"
         )
         return whole
-    augment = cfg.train.augment.model_dump(mode="json") if views > 1 else {}
-    key = feature_cache_key(
-        {
-            **inputs.cache_key, "kind": kind, "boundary": boundary or "", "views": str(views),
-            "augment": json.dumps(augment, sort_keys=True),
-            "seed": str(cfg.train.seed if views > 1 else 0),
-            "files": _files_digest(inputs.train, inputs.val),
-        }
-    )  # fmt: skip
+    folder = _store_folder(cfg, inputs, kind, boundary, views)
     plan = ViewPlan(
         views, cfg.train.augment, cfg.train.seed, cfg.data.image_size, cfg.train.batch_size,
         clf.binary,
     )  # fmt: skip
-    store, hit = cached_store(frozen, inputs.train, inputs.val, plan, inputs.cache_dir / kind / key)
+    shared = _shared_boundary(clf, cfg, inputs, views) if kind == "pooled" else None
+    if shared is not None:
+        halves, boundary_folder = shared
+        source_store, hit = cached_store(
+            halves.bottom, inputs.train, inputs.val, plan, boundary_folder
+        )
+        if not hit:
+            built.add(boundary_folder)
+        store, hit = derived_store(halves.pooled, source_store, cfg.train.batch_size, folder)
+    else:
+        store, hit = cached_store(frozen, inputs.train, inputs.val, plan, folder)
+    if not hit:
+        built.add(folder)
     train_x, val_x = store.load()
     k, batch, seed = len(inputs.train.classes), cfg.train.batch_size, cfg.train.seed
     train_y = encode_labels(inputs.train.labels, k, clf.binary)
@@ -418,7 +473,7 @@ def phase_data(
         train=ViewCycle(train_x, train_y, batch, seed, shuffle=True),
         val=ViewCycle(val_x[None], val_y, batch, seed, shuffle=False),
         views=views,
-        cache="hit" if hit else "miss",
+        cache="miss" if folder in built else "hit",
         cache_mb=round(store.nbytes() / 1e6, 1),
         boundary=boundary,
     )
@@ -659,7 +714,7 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
     done_before = {n: int(ckpt.phase(n)["epochs_done"]) for n, _ in plan_phases(cfg)}
     if any(done_before.values()):
         result.resumed_at = ", ".join(f"{n}: {e} epochs" for n, e in done_before.items() if e)
-    offset = 0
+    offset, built = 0, set[Path]()
     for name, phase in plan_phases(cfg):
         _prepare(clf, name, inputs.fine_tune_from, _train_batchnorm(cfg))
         state = ckpt.phase(name)
@@ -668,7 +723,7 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
             PhaseData(**{"path": "whole_model", **state.get("path", {})}, fit_model=clf.model),
         )
         if not state["done"] and phase.epochs > int(state["epochs_done"]):
-            data = phase_data(clf, cfg, inputs, name, result.notes)
+            data = phase_data(clf, cfg, inputs, name, result.notes, built)
             inputs.log(path_line(name, data))
             state["path"] = {k: getattr(data, k) for k in PATH_FIELDS}
             seconds = _fit_phase(clf, cfg, inputs, name, phase, data, ckpt, offset)

@@ -20,7 +20,8 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,50 +111,106 @@ def build_store(
     """
     shape = tuple(int(d) for d in model.output.shape[1:])
     size, batch, binary = plan.image_size, plan.batch_size, plan.binary
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
-        views = np.lib.format.open_memmap(
-            tmp / "train.npy", mode="w+", dtype=STORE_DTYPE, shape=(plan.views, len(train), *shape)
-        )
+    with _staged(folder) as tmp:
+        views = _open(tmp / "train.npy", (plan.views, len(train), *shape))
         for view in range(plan.views):
             augmenter = (
                 augmentation(plan.augment, plan.seed + VIEW_SEED_STRIDE * view) if view else None
             )
             _fill(views[view], model, _images(train, size, batch, binary), augmenter)
-        views.flush()
-        del views
-        held = np.lib.format.open_memmap(
-            tmp / "val.npy", mode="w+", dtype=STORE_DTYPE, shape=(len(val), *shape)
-        )
+        _close(views)
+        held = _open(tmp / "val.npy", (len(val), *shape))
         _fill(held, model, _images(val, size, batch, binary), None)
-        held.flush()
-        del held
-        meta = {"views": plan.views, "train": len(train), "val": len(val), "shape": shape}
-        (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+        _close(held)
+        _finish(tmp, {"views": plan.views, "train": len(train), "val": len(val), "shape": shape})
+    return ViewStore(folder)
+
+
+@contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A private temporary folder beside ``folder``, renamed into place when the block ends
+    well (a complete store that a concurrent run renamed there first is kept instead); removed
+    in any case."""
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         try:
             tmp.replace(folder)
-        except OSError:  # a concurrent run renamed its complete store into place first
+        except OSError:
             if not ViewStore(folder).complete():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ViewStore(folder)
+
+
+def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new float16 ``.npy`` file of ``shape``, memory-mapped for writing."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=STORE_DTYPE, shape=shape)
+
+
+def _close(array: np.ndarray) -> None:
+    """Write a memory-mapped array's pages to its file."""
+    if isinstance(array, np.memmap):
+        array.flush()
+
+
+def _finish(tmp: Path, meta: dict[str, Any]) -> None:
+    """Write the store's ``meta.json``: the last file, the mark of a complete store."""
+    (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _usable(folder: Path, views: int, n_train: int, n_val: int) -> bool:
+    """Whether ``folder`` holds a complete store of these sizes (else it is removed)."""
+    store = ViewStore(folder)
+    if not store.complete():
+        return False
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    if (meta.get("views"), meta.get("train"), meta.get("val")) == (views, n_train, n_val):
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def cached_store(
     model: Any, train: SplitData, val: SplitData, plan: ViewPlan, folder: Path
 ) -> tuple[ViewStore, bool]:
     """The store in ``folder`` (a hit) or a freshly built one (a miss)."""
-    store = ViewStore(folder)
-    if store.complete():
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if (meta.get("views"), meta.get("train"), meta.get("val")) == (
-            plan.views, len(train), len(val),
-        ):  # fmt: skip
-            return store, True
-        shutil.rmtree(folder, ignore_errors=True)
+    if _usable(folder, plan.views, len(train), len(val)):
+        return ViewStore(folder), True
     return build_store(model, train, val, plan, folder), False
+
+
+def _map_rows(out: np.ndarray, model: Any, source: np.ndarray, batch: int) -> None:
+    """``out[i] = model(source[i])``, batch after batch (float32 in, float16 stored)."""
+    for start in range(0, len(source), batch):
+        chunk = np.asarray(source[start : start + batch], dtype=np.float32)
+        out[start : start + len(chunk)] = keras.ops.convert_to_numpy(
+            model.predict_on_batch(chunk)
+        ).astype(STORE_DTYPE)
+
+
+def derived_store(
+    model: Any, source: ViewStore, batch: int, folder: Path
+) -> tuple[ViewStore, bool]:
+    """The store of ``model`` applied to every row of ``source`` (a store of activations it
+    takes as input): the pooled features computed from the boundary activations, so the part
+    of the base below the boundary runs once per image and view for both caches."""
+    train_in, val_in = source.load()
+    views, n_train, n_val = int(train_in.shape[0]), int(train_in.shape[1]), len(val_in)
+    if _usable(folder, views, n_train, n_val):
+        return ViewStore(folder), True
+    shape = tuple(int(d) for d in model.output.shape[1:])
+    with _staged(folder) as tmp:
+        train_out = _open(tmp / "train.npy", (views, n_train, *shape))
+        for view in range(views):
+            _map_rows(train_out[view], model, train_in[view], batch)
+        _close(train_out)
+        val_out = _open(tmp / "val.npy", (n_val, *shape))
+        _map_rows(val_out, model, val_in, batch)
+        _close(val_out)
+        _finish(tmp, {"views": views, "train": n_train, "val": n_val, "shape": shape})
+    return ViewStore(folder), False
 
 
 class ViewCycle(keras.utils.PyDataset):  # type: ignore[misc]

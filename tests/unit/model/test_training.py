@@ -13,7 +13,14 @@ from tlops.backbones import get_spec
 from tlops.config import RunConfig, load_config
 from tlops.data.inputs import SplitData, load_image
 from tlops.model.classifier import augmentation, build_base, build_classifier
-from tlops.model.training import Checkpoints, TrainInputs, _better, plan_phases, train
+from tlops.model.training import (
+    Checkpoints,
+    TrainInputs,
+    _better,
+    phase_data,
+    plan_phases,
+    train,
+)
 from tlops.model.views import VIEW_SEED_STRIDE, ViewCycle, view_epochs
 
 
@@ -215,3 +222,25 @@ def test_checkpoint_state_of_other_inputs_is_ignored(tmp_path: Path) -> None:
     assert Checkpoints(tmp_path, "one").phase("frozen")["epochs_done"] == 3
     assert Checkpoints(tmp_path, "two").phase("frozen")["epochs_done"] == 0
     assert json.loads((tmp_path / "state.json").read_text())["fingerprint"] == "one"
+
+
+def test_the_frozen_phase_pools_the_boundary_store_that_fine_tuning_then_reuses(
+    splits: tuple[SplitData, SplitData], tmp_path: Path
+) -> None:
+    cfg = _config()
+    clf = _classifier(cfg)
+    inputs = _inputs(splits, tmp_path, "s", tmp_path / "cache")
+    built: set[Path] = set()
+    notes: list[str] = []
+    frozen = phase_data(clf, cfg, inputs, "frozen", notes, built)
+    # both stores were made by one pass of the bottom of the base over the images
+    assert {p.parent.name for p in built} == {"pooled", "boundary"}
+    images = np.stack([load_image(p, 16) for p in splits[0].paths])
+    pooled = np.load(_store(tmp_path / "cache", "pooled") / "train.npy")[0]
+    expected = np.asarray(clf.feature_model.predict(images, verbose=0))
+    np.testing.assert_allclose(pooled, expected, rtol=2e-2, atol=2e-2)
+    assert frozen.path == "pooled_cache" and frozen.cache == "miss"
+    tuned = phase_data(clf, cfg, inputs, "fine_tune", notes, built)
+    assert (tuned.path, tuned.cache) == ("boundary_cache", "miss")  # made by this run
+    again = phase_data(clf, cfg, inputs, "fine_tune", notes, set())
+    assert again.cache == "hit"
