@@ -255,6 +255,12 @@ class AugmentConfig(_Section):
         )
 
 
+def _photo_augment() -> AugmentConfig:
+    """The run default: what suits photos in general (flip, a small rotation), cached as two
+    views per training image (the image and one draw)."""
+    return AugmentConfig(flip="horizontal", rotation=0.1, views=2)
+
+
 class PhaseConfig(_Section):
     """One training phase."""
 
@@ -263,8 +269,8 @@ class PhaseConfig(_Section):
 
 
 def _frozen_phase() -> PhaseConfig:
-    """Head training on the frozen base."""
-    return PhaseConfig(epochs=5, learning_rate=1e-3)
+    """Head training on the frozen base (cheap on the cached features: ten epochs)."""
+    return PhaseConfig(epochs=10, learning_rate=1e-3)
 
 
 def _fine_tune_phase() -> PhaseConfig:
@@ -318,7 +324,11 @@ class TrainConfig(_Section):
     cache_budget_gb: float = Field(
         4.0, gt=0, description="largest cache of activations (float16) a run may write"
     )
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(
+        default_factory=_photo_augment,
+        description="default for photos: horizontal flip and a small rotation, 2 cached views; "
+        "set flip: none and rotation: 0 for data where a mirrored image is another class",
+    )
 
 
 class EvaluateConfig(_Section):

@@ -43,7 +43,7 @@ def _config(*overrides: str) -> RunConfig:
     base = [
         "backbone.name=tiny_cnn", "backbone.weights=none", "data.image_size=16",
         "train.batch_size=4", "train.frozen.epochs=2", "train.fine_tune.epochs=2",
-        "head.output=softmax",
+        "head.output=softmax", "train.augment.flip=none", "train.augment.rotation=0",
     ]  # fmt: skip
     return load_config(None, [*base, *overrides])
 
