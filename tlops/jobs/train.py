@@ -166,14 +166,7 @@ def train_model(
     """
     from tlops.model import classifier as tl_model
     from tlops.model.runtime import configure, strategy_scope
-    from tlops.model.training import (
-        PATH_FIELDS,
-        TrainInputs,
-        checkpoint_folder,
-        describe_path,
-        kept_margin,
-        train,
-    )
+    from tlops.model.training import TrainInputs, checkpoint_folder, train
 
     runtime = configure(cfg.train)
     train_split, val_split = _splits(manifest, data, cfg.data.train_per_class)
@@ -225,36 +218,43 @@ def train_model(
     return TrainSummary(
         model_path=str(model_path),
         result_path=str(result_path),
-        kept_phase=result.kept_phase,
-        phase_best={p.name: p.best_value for p in result.phases},
-        phase_epochs={p.name: p.epochs for p in result.phases},
         classes=train_split.classes,
         binary=clf.binary,
         weights_kind=kind,
         weights_sha256=digest,
-        feature_cache=result.feature_cache,
-        resumed_at=result.resumed_at,
         device=runtime.device,
         runtime_tags=runtime.tags(),
-        images_per_s={p.name: p.images_per_s for p in result.phases},
-        trainable_params={p.name: p.trainable_params for p in result.phases},
         backbone_tags=backbone_tags,
         backbone_path=backbone_path,
-        phase_paths={p.name: describe_path(p) for p in result.phases},
-        path_tags={
+        **phase_facts(result, cfg.train.monitor, len(val_split)),
+    )
+
+
+def phase_facts(result: Any, monitor: str, n_val: int) -> dict[str, Any]:
+    """The :class:`TrainSummary` fields that come from the phases of a ``TrainResult``: best
+    values, epochs, speed, which path each took (and its tags), how clearly the kept one won."""
+    from tlops.model.training import PATH_FIELDS, describe_path, kept_margin
+
+    phases = result.phases
+    best = {p.name: p.best_value for p in phases}
+    return {
+        "kept_phase": result.kept_phase,
+        "phase_best": best,
+        "phase_epochs": {p.name: p.epochs for p in phases},
+        "feature_cache": result.feature_cache,
+        "resumed_at": result.resumed_at,
+        "images_per_s": {p.name: p.images_per_s for p in phases},
+        "trainable_params": {p.name: p.trainable_params for p in phases},
+        "phase_paths": {p.name: describe_path(p) for p in phases},
+        "path_tags": {
             f"train.{p.name}.{k}": str(getattr(p, k))
-            for p in result.phases
+            for p in phases
             for k in PATH_FIELDS
             if getattr(p, k) is not None
         },
-        kept_margin=kept_margin(
-            {p.name: p.best_value for p in result.phases},
-            result.kept_phase,
-            cfg.train.monitor,
-            len(val_split),
-        ),
-        notes=result.notes,
-    )
+        "kept_margin": kept_margin(best, result.kept_phase, monitor, n_val),
+        "notes": list(result.notes),
+    }
 
 
 def _latency(model: Any, images: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
