@@ -50,6 +50,7 @@ def _step(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.05),
         loss=keras.losses.CategoricalCrossentropy(),
+        run_eagerly=True,  # one step: tracing a graph would cost more than it saves
     )
     return float(model.train_on_batch(x, y))
 
@@ -65,11 +66,12 @@ def test_one_step_on_cached_activations_is_one_step_of_the_whole_model(name: str
     x = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
     y = keras.utils.to_categorical([0, 1, 2, 1], 3)
     before = [w.copy() for w in clf.model.get_weights()]
-    activations = np.asarray(halves.bottom.predict(x, verbose=0))
+    activations = keras.ops.convert_to_numpy(halves.bottom(x, training=False))
     assert activations.shape[1:] == cut.shape
     # the halves compute the whole model's output
-    whole_out = np.asarray(clf.model.predict(x, verbose=0))
-    np.testing.assert_allclose(halves.top.predict(activations, verbose=0), whole_out, atol=1e-5)
+    whole_out = keras.ops.convert_to_numpy(clf.model(x, training=False))
+    top_out = keras.ops.convert_to_numpy(halves.top(activations, training=False))
+    np.testing.assert_allclose(top_out, whole_out, atol=1e-5)
 
     whole_loss = _step(clf.model, x, y)
     whole_after = clf.model.get_weights()
@@ -98,8 +100,8 @@ def test_a_boundary_inside_a_residual_block_moves_down_to_a_single_tensor() -> N
     halves = split_classifier(clf, cut)
     x = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_allclose(
-        halves.top.predict(halves.bottom.predict(x, verbose=0), verbose=0),
-        clf.model.predict(x, verbose=0),
+        keras.ops.convert_to_numpy(halves.top(halves.bottom(x, training=False), training=False)),
+        keras.ops.convert_to_numpy(clf.model(x, training=False)),
         atol=1e-5,
     )
 

@@ -169,11 +169,12 @@ def test_augmented_views_are_cached_seeded_and_the_first_is_the_image(
 def test_a_cache_over_its_budget_or_switched_off_runs_the_whole_model(
     splits: tuple[SplitData, SplitData], tmp_path: Path
 ) -> None:
-    cfg = _config("train.cache_budget_gb=1e-9")
+    one = ("train.frozen.epochs=1", "train.fine_tune.epochs=1")  # the path is what is tested
+    cfg = _config("train.cache_budget_gb=1e-9", *one)
     result = train(_classifier(cfg), cfg, _inputs(splits, tmp_path, "d", tmp_path / "c1"))
     assert [p.path for p in result.phases] == ["whole_model", "whole_model"]
     assert any("over train.cache_budget_gb=1e-09" in n for n in result.notes)
-    cfg = _config("train.boundary_cache=false")
+    cfg = _config("train.boundary_cache=false", *one)
     result = train(_classifier(cfg), cfg, _inputs(splits, tmp_path, "e", tmp_path / "c2"))
     assert [p.path for p in result.phases] == ["pooled_cache", "whole_model"]
 
