@@ -389,10 +389,10 @@ def _store_folder(
     return inputs.cache_dir / kind / key
 
 
-def _fits(cfg: RunConfig, inputs: TrainInputs, views: int, shape: tuple[int, ...]) -> int | None:
-    """The bytes a store of this activation shape takes, or None when over the budget."""
+def _fits(cfg: RunConfig, inputs: TrainInputs, views: int, shape: tuple[int, ...]) -> bool:
+    """Whether a store of this activation shape fits ``train.cache_budget_gb``."""
     need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
-    return need if need <= cfg.train.cache_budget_gb * 1e9 else None
+    return need <= cfg.train.cache_budget_gb * 1e9
 
 
 def _shared_boundary(
@@ -405,7 +405,7 @@ def _shared_boundary(
     if not (tune and cfg.train.boundary_cache):
         return None
     cut = find_cut(clf.base, _start_index(clf.base, inputs.fine_tune_from))
-    if cut is None or _fits(cfg, inputs, views, cut.shape) is None:
+    if cut is None or not _fits(cfg, inputs, views, cut.shape):
         return None
     return split_classifier(clf, cut), _store_folder(cfg, inputs, "boundary", cut.layer, views)
 
@@ -438,7 +438,7 @@ def phase_data(
         return whole
     kind, frozen, top, boundary = source
     shape = tuple(int(d) for d in frozen.output.shape[1:])
-    if _fits(cfg, inputs, views, shape) is None:
+    if not _fits(cfg, inputs, views, shape):
         need = cache_bytes(len(inputs.train), len(inputs.val), views, shape)
         notes.append(
             f"phase {name}: the {kind} cache would take {need / 1e9:.2f} GB, over "
