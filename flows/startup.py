@@ -2,27 +2,41 @@
 
 A ``tlops`` command that runs a flow pays for Prefect's temporary API server (a subprocess
 whose health check the main thread waits for) and for the heavy imports of its stages (DVC,
-Great Expectations, TensorFlow: 10-20 s alone). :func:`start_flow` overlaps the two: it imports
-the flow, quiets the console tracebacks of expected failures, then starts the imports of
-:data:`PRELOAD` in a daemon thread and the API server beside them. :data:`ENV_DEFAULTS` are the
+Great Expectations, TensorFlow: 10-20 s alone). :func:`start_flow` overlaps the two: it starts
+the API server, imports the flow, quiets the console tracebacks of expected failures, and
+imports :data:`PRELOAD` in a daemon thread while the server comes up. :data:`ENV_DEFAULTS` are the
 environment values the ``tlops`` script sets unless the environment says otherwise.
 
 Nothing here runs at import time; Prefect is imported only by the functions that need it.
+The temporary server is started first of all, before Prefect itself is imported (6-7 s on 2
+cores): :class:`TemporaryAPI` runs the very command Prefect's ``SubprocessASGIServer`` runs, on
+a free loopback port, and the flow runs with Prefect's API setting pointing at it (the server
+stops when the process exits). A Prefect profile that names an API, or disables the temporary
+server, wins: the early server is stopped unused.
+
 ``TLOPS_PRELOAD=0`` turns the preloading and the early server start off (Prefect then starts
 its server at the first API call).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flows.exit_codes import expected_failure
+from tlops.errors import ServiceError
 
 #: Defaults unless the environment says otherwise: offline-first (no usage analytics); time
 #: for Prefect's temporary server to start on a busy 2-core machine (Prefect's default, 20 s,
@@ -79,23 +93,114 @@ def preload(modules: tuple[str, ...]) -> threading.Thread:
     return thread
 
 
-def start_prefect_api(modules: tuple[str, ...]) -> None:
-    """Start Prefect's temporary API server (no ``PREFECT_API_URL``) while ``modules`` import.
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    This is the server Prefect itself would start at the first API call (the same
-    ``SubprocessASGIServer`` singleton, so the flow reuses it); starting it here lets the heavy
-    imports run in a thread while the main thread only waits for the server's health check.
-    With a configured API (or the temporary server disabled) only the preloading starts.
+
+@dataclass
+class TemporaryAPI:
+    """Prefect's temporary API server, started before Prefect is imported.
+
+    The command and environment are those of Prefect's own ``SubprocessASGIServer`` (uvicorn
+    on ``prefect.server.api.server:create_app``, UI off, ephemeral services), so the flow sees
+    the same server, only sooner.
     """
+
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen[bytes] | None = None
+    settings: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def api_url(self) -> str:
+        """The API's URL, as ``PREFECT_API_URL`` takes it."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> TemporaryAPI:
+        """Start the server process (not waiting for it)."""
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        atexit.register(self.stop)  # never outlive this process, whatever happens
+        return self
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the server answers its health check; a ServiceError (exit 5) when it
+        exits or does not answer within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServiceError(f"Prefect's temporary API server exited (code {code})")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer,
+            ):
+                if answer.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceError(
+            f"Prefect's temporary API server did not answer within {timeout_s:.0f} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
+        )
+
+    def use(self) -> None:
+        """Point Prefect's settings at this server until :meth:`stop` (at the latest when the
+        process exits, after Prefect has sent its last logs: this server's exit handler was
+        registered before Prefect's, so it runs after them)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.settings.enter_context(temporary_settings(updates={PREFECT_API_URL: self.api_url}))
+
+    def stop(self) -> None:
+        """Restore Prefect's settings, stop the server (terminate, then kill after 5 s)."""
+        with contextlib.suppress(ValueError, RuntimeError):  # a reset from another context
+            self.settings.close()
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def early_api() -> TemporaryAPI | None:
+    """The temporary API server, started now, when nothing in the environment names an API
+    or turns the early start off (``TLOPS_PRELOAD=0``)."""
+    if os.environ.get("TLOPS_PRELOAD", "1") == "0" or os.environ.get("PREFECT_API_URL"):
+        return None
+    if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() in ("0", "false"):
+        return None
+    return TemporaryAPI().start()
+
+
+def _profile_names_an_api() -> bool:
+    """Whether Prefect's settings (a profile) name an API or turn the temporary one off."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        preload(modules)
-        return
-    from prefect.server.api.server import SubprocessASGIServer
+    return bool(PREFECT_API_URL.value()) or not PREFECT_SERVER_EPHEMERAL_ENABLED.value()
 
-    preload(modules)
-    SubprocessASGIServer().start()
+
+def _timeout_s() -> float:
+    """How long the temporary server may take to start (see :data:`ENV_DEFAULTS`)."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
 
 
 class _NoExpectedTraceback(logging.Formatter):
@@ -135,14 +240,36 @@ def quiet_expected_tracebacks() -> None:
 def start_flow(flow_module: str, flow_name: str, prefect_api: bool = True) -> Callable[..., Any]:
     """The flow ``flow_module.flow_name``, ready to run; the order matters:
 
-    1. import the flow (Prefect is slow to import, so only now), which sets up Prefect's
-       logging;
-    2. quiet the console tracebacks of expected failures on Prefect's handlers;
-    3. unless ``TLOPS_PRELOAD=0`` or ``prefect_api`` is False (a remote Dask cluster's runs
-       use a real API): start the flow's :data:`PRELOAD` imports, then the temporary API.
+    1. unless ``TLOPS_PRELOAD=0`` or ``prefect_api`` is False (a remote Dask cluster's runs
+       use a real API), or the environment names an API: start the temporary API server;
+    2. import the flow (Prefect is slow to import, so only now), which sets up Prefect's
+       logging, and quiet the console tracebacks of expected failures on its handlers;
+    3. start the flow's :data:`PRELOAD` imports in a thread, and wait for the server.
+
+    The returned callable runs the flow against that server, which stops when the process
+    exits (as Prefect's own temporary server does).
     """
-    run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
-    quiet_expected_tracebacks()
-    if prefect_api and os.environ.get("TLOPS_PRELOAD", "1") != "0":
-        start_prefect_api(PRELOAD.get(flow_name, ()))
-    return run_flow
+    server = early_api() if prefect_api else None
+    try:
+        run_flow: Callable[..., Any] = getattr(importlib.import_module(flow_module), flow_name)
+        quiet_expected_tracebacks()
+        if prefect_api and os.environ.get("TLOPS_PRELOAD", "1") != "0":
+            preload(PRELOAD.get(flow_name, ()))
+        if server is not None and _profile_names_an_api():
+            server.stop()
+            server = None
+        if server is not None:
+            server.wait(_timeout_s())
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    if server is None:
+        return run_flow
+    started = server
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        started.use()
+        return run_flow(*args, **kwargs)
+
+    return run

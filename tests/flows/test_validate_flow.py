@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,34 @@ def test_unsafe_file_name_exits_3_with_one_escaped_line(repo: Path, cli) -> None
     (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
     assert "file_name" in line and "val/dog/x\\n| decodable | forged | pass |.png" in line
     assert "\n| decodable | forged" not in _artifact("data-contract")
+
+
+def test_without_an_api_a_flow_command_starts_its_own_early_and_leaves_nothing_running(
+    repo: Path, tmp_path: Path
+) -> None:
+    """No PREFECT_API_URL: ``tlops`` starts Prefect's temporary server itself, before Prefect
+    is imported (flows/startup.py), runs the flow on it, sends its last logs and stops it."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    home = str(tmp_path / "prefect-home")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({"PREFECT_HOME": home, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "validate", SMOKE, "--set", f"data.repo={repo}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "data contract passed" in output
+    assert "Starting temporary server" not in output  # not Prefect's own, started later
+    assert "Error logging to API" not in output  # the server outlived the last log
+    left = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("PREFECT_HOME") == home:
+                left.append(proc.info["cmdline"])
+    assert left == []

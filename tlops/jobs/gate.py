@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tlops.adapters import registry, tracking
@@ -78,7 +77,7 @@ def measure_version(
     import keras
 
     from tlops.model import metrics as ev
-    from tlops.model.classifier import probabilities
+    from tlops.model.classifier import predict_batches, probabilities
 
     test = read_split(manifest.manifest_path, data.images_root, "test")
     fingerprint = info.tags.get("tlops.fingerprint", "")
@@ -90,7 +89,9 @@ def measure_version(
                             version=info.version)  # fmt: skip
         model = keras.models.load_model(keras_file, safe_mode=True)
         images = load_images(test.paths, int(meta["image_size"]), formats=test.formats)
-        probs = probabilities(np.asarray(model.predict(images, verbose=0)), bool(meta["binary"]))
+        probs = probabilities(
+            predict_batches(model, images, cfg.train.batch_size), bool(meta["binary"])
+        )
         scalars = ev.compute_metrics(test.labels, probs, classes, cfg.evaluate.top_k).scalars()
         scalars.update(_latency(model, images, cfg.train.batch_size, cfg.evaluate.latency_repeats))
         scalars["model_size_mb"] = keras_file.stat().st_size / 1e6

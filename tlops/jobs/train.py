@@ -289,7 +289,7 @@ def evaluate_model(
 
     from tlops.model import metrics as ev
     from tlops.model import plots
-    from tlops.model.classifier import probabilities
+    from tlops.model.classifier import predict_batches, probabilities
 
     test = read_split(manifest.manifest_path, data.images_root, "test")
     if not len(test):
@@ -298,7 +298,7 @@ def evaluate_model(
         test = _align(test, trained.classes)
     model = keras.models.load_model(trained.model_path, safe_mode=True)
     images = load_images(test.paths, cfg.data.image_size, formats=test.formats)
-    probs = probabilities(np.asarray(model.predict(images, verbose=0)), trained.binary)
+    probs = probabilities(predict_batches(model, images, cfg.train.batch_size), trained.binary)
     metrics = ev.compute_metrics(test.labels, probs, trained.classes, cfg.evaluate.top_k)
     figures = run_dir / "plots"
     figures.mkdir(exist_ok=True)

@@ -111,13 +111,15 @@ def build_store(
     """
     shape = tuple(int(d) for d in model.output.shape[1:])
     size, batch, binary = plan.image_size, plan.batch_size, plan.binary
+    # one pipeline for every view: its in-memory cache decodes each image once, not V times
+    images = _images(train, size, batch, binary)
     with _staged(folder) as tmp:
         views = _open(tmp / "train.npy", (plan.views, len(train), *shape))
         for view in range(plan.views):
             augmenter = (
                 augmentation(plan.augment, plan.seed + VIEW_SEED_STRIDE * view) if view else None
             )
-            _fill(views[view], model, _images(train, size, batch, binary), augmenter)
+            _fill(views[view], model, images, augmenter)
         _close(views)
         held = _open(tmp / "val.npy", (len(val), *shape))
         _fill(held, model, _images(val, size, batch, binary), None)

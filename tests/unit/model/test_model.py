@@ -23,6 +23,7 @@ from tlops.model.classifier import (
     count_params,
     freeze_base,
     init_preprocess,
+    predict_batches,
     preprocess_layer,
     probabilities,
     unfreeze_all,
@@ -401,3 +402,13 @@ def test_probabilities() -> None:
     np.testing.assert_array_equal(probabilities(soft, binary=False), soft)
     with pytest.raises(ValueError, match="one column"):
         probabilities(soft, binary=True)
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 13])
+def test_predict_batches_equals_predict_for_any_count(n: int) -> None:
+    model = classifier().model
+    x = images(n)
+    np.testing.assert_allclose(
+        predict_batches(model, x, batch=4), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
+    assert predict_batches(model, x[:0], batch=4).shape[0] == 0
