@@ -12,6 +12,7 @@ in-memory cache of decoded images, a seeded shuffle per epoch and prefetched bat
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -154,13 +155,37 @@ def load_image(
     Only ``formats`` are tried and images over ``max_pixels`` are refused
     (:class:`UnreadableImageError`, exit 3, naming the file).
     """
+    return _decode(path, path, size, formats, max_pixels)
+
+
+def decode_image(
+    data: bytes,
+    size: int,
+    formats: Sequence[str] = SUPPORTED_FORMATS,
+    max_pixels: int = PILLOW_MAX_PIXELS,
+    name: str = "image",
+) -> np.ndarray:
+    """:func:`load_image` for encoded bytes (a served request): the very same decoding,
+    conversion and resize; an :class:`UnreadableImageError` names ``name``."""
+    return _decode(io.BytesIO(data), name, size, formats, max_pixels)
+
+
+def _decode(
+    source: str | Path | IO[bytes],
+    name: str | Path,
+    size: int,
+    formats: Sequence[str],
+    max_pixels: int,
+) -> np.ndarray:
+    """The one decode of tlops: identify among ``formats``, refuse too many pixels, convert
+    any mode to RGB (:func:`to_rgb`), resize bilinearly to ``size`` x ``size``."""
     try:
-        with open_image(path, formats, max_pixels) as img:
+        with open_image(source, formats, max_pixels) as img:
             rgb = to_rgb(img)
     except FileNotFoundError:
-        raise UnreadableImageError(path, "not found") from None
+        raise UnreadableImageError(name, "not found") from None
     except DECODE_ERRORS as exc:
-        raise UnreadableImageError(path, _reason(exc, formats)) from None
+        raise UnreadableImageError(name, _reason(exc, formats)) from None
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     array: np.ndarray = np.asarray(rgb, dtype=np.float32)

@@ -1,0 +1,108 @@
+"""The classifier as an MLflow 3 pyfunc LoggedModel that speaks images
+(:mod:`tlops.adapters.pyfunc`), logged to a real SQLite store and loaded back by MLflow."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tlops.adapters import tracking
+from tlops.adapters.pyfunc import log_image_model
+
+#: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
+pytest_plugins = ["unit.mlflow_fixtures"]
+
+SIZE = 16
+CLASSES = ["bright", "dark", "other"]
+
+
+def brightness_model(path: Path) -> Path:
+    """16x16 RGB -> softmax over 3 classes (a bright red channel is ``bright``), saved."""
+    import keras
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    kernel = np.zeros((3, 3), dtype=np.float32)
+    kernel[0] = [0.1, -0.1, 0.0]
+    dense.set_weights([kernel, np.array([-12.75, 12.75, -20.0], dtype=np.float32)])
+    model.save(path)
+    return path
+
+
+def png(red: int, mode: str = "RGB") -> bytes:
+    """A 24x20 image with a flat red channel, encoded as PNG."""
+    array = np.zeros((20, 24, 3), dtype=np.uint8)
+    array[..., 0] = red
+    buffer = io.BytesIO()
+    Image.fromarray(array, "RGB").convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def logged(mlflow_store: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(run id, model id) of a run whose pyfunc LoggedModel is the brightness model."""
+    folder = tmp_path_factory.mktemp("keras")
+    name = f"pyfunc-{uuid.uuid4().hex[:8]}"
+    run_id = tracking.start_run(name, "train", {}, {})
+    tracking.log_metrics(run_id, {"test_accuracy": 0.75})
+    meta = {"classes": CLASSES, "binary": False, "image_size": SIZE, "backbone": "none"}
+    model = log_image_model(run_id, brightness_model(folder / "model.keras"), meta)
+    tracking.finish_run(run_id)
+    return run_id, model.model_id
+
+
+def test_it_is_a_logged_model_of_the_run_with_its_metrics(logged: tuple[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    run_id, model_id = logged
+    client = MlflowClient()
+    found = client.get_logged_model(model_id)
+    assert found.source_run_id == run_id
+    experiment = client.get_run(run_id).info.experiment_id
+    ids = [m.model_id for m in client.search_logged_models(experiment_ids=[experiment])]
+    assert model_id in ids
+    assert {m.key: m.value for m in found.metrics or []}.get("test_accuracy") == 0.75
+    assert [o.model_id for o in client.get_run(run_id).outputs.model_outputs] == [model_id]
+
+
+def test_loaded_by_mlflow_it_labels_encoded_images_by_name(logged: tuple[str, str]) -> None:
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{logged[1]}")
+    answer = model.predict(pd.DataFrame({"image": [png(250), png(5), png(250, "P")]}))
+    assert list(answer["label"]) == ["bright", "dark", "bright"]
+    first = answer.iloc[0]
+    assert set(first["probabilities"]) == set(CLASSES)
+    assert first["score"] == pytest.approx(max(first["probabilities"].values()))
+    inputs = {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}
+    assert inputs == {"image": "binary", "path": "string"}
+
+
+def test_a_bad_request_is_an_invalid_parameter_naming_the_row(logged: tuple[str, str]) -> None:
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(f"models:/{logged[1]}")
+    with pytest.raises(MlflowException, match="row 1: not an image") as raised:
+        model.predict(pd.DataFrame({"image": [png(250), b"garbage"]}))
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_the_input_example_is_a_real_image(logged: tuple[str, str], tmp_path: Path) -> None:
+    import mlflow.artifacts
+
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{logged[1]}", dst_path=str(tmp_path))
+    )
+    example = json.loads((local / "serving_input_example.json").read_text())
+    assert "image" in json.dumps(example)
+    assert (local / "artifacts" / "model.keras").is_file()
+    assert (local / "artifacts" / "tlops.json").is_file()

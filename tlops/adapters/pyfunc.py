@@ -1,0 +1,147 @@
+"""The classifier as an MLflow 3 pyfunc LoggedModel that speaks images.
+
+:class:`ImageClassifier` is the model ``mlflow models serve`` runs: it takes encoded image
+bytes (a ``binary`` ``image`` column; base64 text in JSON) or file paths (a ``path`` column)
+and answers, per image, ``label``, ``score`` and the probability of every class by name
+(:mod:`tlops.model.serving`). A request it cannot answer is an ``MlflowException`` with
+``INVALID_PARAMETER_VALUE``: the scoring server answers 400 with that message, and keeps
+serving.
+
+:func:`log_image_model` logs it as a LoggedModel of a run (the experiment's Models tab,
+``search_logged_models``, a ``model_id`` that registered versions carry), with the Keras
+model and ``tlops.json`` as its artifacts, a signature and a real small image as input example.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+from tlops.adapters.tracking import client, model_requirements, service
+
+KERAS_ARTIFACT = "keras_model"
+META_ARTIFACT = "tlops"
+#: Batch size of the served model's forward passes.
+SERVE_BATCH = 32
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Encoded images (or paths) in, label / score / probabilities out."""
+
+    def load_context(self, context: Any) -> None:
+        """Load the Keras model (safe mode) and its card."""
+        import keras
+
+        from tlops.model.serving import ModelCard
+
+        self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT], safe_mode=True)
+        meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text(encoding="utf-8"))
+        self.card = ModelCard.from_meta(meta)
+
+    # no type hints here: MLflow would take them for the input schema (the signature says it)
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Answer one request (a DataFrame with an ``image`` or ``path`` column)."""
+        return answer(self.model, self.card, model_input)
+
+
+def answer(model: Any, card: Any, model_input: Any) -> Any:
+    """The answer table for a request; a bad request is an ``MlflowException`` (400)."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from tlops.model.classifier import predict_batches, probabilities
+    from tlops.model.serving import BadRequestError, answer_rows, request_images
+
+    try:
+        images = request_images(model_input, card)
+    except BadRequestError as exc:
+        raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+    probs = probabilities(predict_batches(model, images, SERVE_BATCH), card.binary)
+    return pd.DataFrame(answer_rows(probs, card.classes))
+
+
+def example_png(size: int) -> bytes:
+    """A small real PNG (a grey gradient), the logged input example."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size * size, dtype=np.float64).reshape(size, size)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp.astype(np.uint8), "L").convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def signature(example: Any, output: Any) -> Any:
+    """Inputs: an optional ``binary`` ``image`` and an optional ``string`` ``path`` column;
+    outputs as inferred from the answer to the example."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inputs = Schema(
+        [ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]
+    )
+    return ModelSignature(inputs=inputs, outputs=infer_signature(example, output).outputs)
+
+
+@contextmanager
+def _experiment(experiment_id: str) -> Iterator[None]:
+    """Within the block MLflow's fluent API defaults to ``experiment_id``: ``Model.log`` puts
+    the LoggedModel in the default experiment otherwise (it takes a run id, not the run's
+    experiment), and the run's experiment is where its Models tab is."""
+    key = "MLFLOW_EXPERIMENT_ID"
+    before = os.environ.get(key)
+    os.environ[key] = experiment_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+@dataclass(frozen=True)
+class LoggedImageModel:
+    """Where a logged image model is: its ``model_id`` and its ``models:/`` URI."""
+
+    model_id: str
+    uri: str
+
+
+def log_image_model(
+    run_id: str, keras_file: Path, meta: dict[str, Any], name: str = "model"
+) -> LoggedImageModel:
+    """Log ``keras_file`` (with ``meta`` as ``tlops.json``) as the run's pyfunc LoggedModel."""
+    import keras
+    import pandas as pd
+    from mlflow.models import Model
+
+    from tlops.model.serving import ModelCard
+
+    card = ModelCard.from_meta(meta)
+    model = keras.models.load_model(keras_file, safe_mode=True)
+    example = pd.DataFrame({"image": [example_png(min(card.image_size, 32))]})
+    output = answer(model, card, example)
+    with service("log the model"), tempfile.TemporaryDirectory() as tmp:
+        experiment = client().get_run(run_id).info.experiment_id
+        meta_file = Path(tmp) / "tlops.json"
+        meta_file.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        with _experiment(experiment):
+            info = Model.log(
+                artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                python_model=ImageClassifier(),
+                artifacts={KERAS_ARTIFACT: str(keras_file), META_ARTIFACT: str(meta_file)},
+                signature=signature(example, output), input_example=example,
+                pip_requirements=model_requirements(keras.backend.backend()),
+            )  # fmt: skip
+    return LoggedImageModel(model_id=str(info.model_id), uri=f"models:/{info.model_id}")
