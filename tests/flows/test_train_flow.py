@@ -11,9 +11,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from conftest import SMOKE, TINY, tlops_cli
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _png(size: int) -> bytes:
+    """A ``size`` x ``size`` RGB PNG (a gradient), as a client would send it."""
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size * size * 3).reshape(size, size, 3).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(ramp, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_train_logs_a_complete_run(
@@ -60,16 +73,23 @@ def test_train_logs_a_complete_run(
     assert dataset_input.dataset.digest in pointer
     assert str(tmp_path / "remote") in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "training.json", "data", "plots", "evaluation", "model"} <= artifacts
+    assert {"config.yaml", "training.json", "data", "plots", "evaluation"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {
         "plots/confusion_matrix.png", "plots/training_curves.png", "plots/misclassified.png"
     }  # fmt: skip
-    # the logged model loads and predicts probabilities
-    uri = f"runs:/{run.info.run_id}/model"
+    # the model is the run's LoggedModel (with the run's metrics); served, it labels images
+    (logged,) = run.outputs.model_outputs
+    uri = f"models:/{logged.model_id}"
     assert uri in output
-    model = mlflow.keras.load_model(uri)
-    probs = model.predict(np.zeros((2, 16, 16, 3), dtype=np.float32), verbose=0)
+    found = client.get_logged_model(logged.model_id)
+    assert found.source_run_id == run.info.run_id
+    assert "test_accuracy" in {m.key for m in found.metrics or []}
+    served = mlflow.pyfunc.load_model(uri)
+    answer = served.predict(pd.DataFrame({"image": [_png(16), _png(40)]}))
+    classes = set(answer.iloc[0]["probabilities"])
+    assert len(classes) == 3 and set(answer["label"]) <= classes
+    probs = np.array([list(p.values()) for p in answer["probabilities"]])
     assert probs.shape == (2, 3)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     assert not client.search_model_versions(f"name='{name}'")

@@ -27,7 +27,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from tlops.adapters.tracking import client, model_requirements, service
+from tlops.adapters.tracking import client, model_requirements, service, tracking_uri
 
 KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "tlops"
@@ -94,20 +94,21 @@ def signature(example: Any, output: Any) -> Any:
 
 
 @contextmanager
-def _experiment(experiment_id: str) -> Iterator[None]:
-    """Within the block MLflow's fluent API defaults to ``experiment_id``: ``Model.log`` puts
-    the LoggedModel in the default experiment otherwise (it takes a run id, not the run's
-    experiment), and the run's experiment is where its Models tab is."""
-    key = "MLFLOW_EXPERIMENT_ID"
-    before = os.environ.get(key)
-    os.environ[key] = experiment_id
+def _fluent_defaults(uri: str, experiment_id: str) -> Iterator[None]:
+    """Within the block MLflow's fluent API uses tlops' store and the run's experiment:
+    ``Model.log`` takes a run id but resolves the store from MLflow's global default and puts
+    the LoggedModel in the default experiment otherwise (the run's is where its Models tab is).
+    """
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id})
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def log_image_model(
         experiment = client().get_run(run_id).info.experiment_id
         meta_file = Path(tmp) / "tlops.json"
         meta_file.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        with _experiment(experiment):
+        with _fluent_defaults(tracking_uri(), experiment):
             info = Model.log(
                 artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                 python_model=ImageClassifier(),

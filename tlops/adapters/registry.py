@@ -215,27 +215,61 @@ def download(info: VersionInfo, dest: Path) -> Path:
 
 
 def download_classifier(info: VersionInfo, dest: Path) -> Path:
-    """The classifier of a version's run (for a backbone version, the model it was trained in)."""
+    """The classifier of a version's run (for a backbone version, the model it was trained in):
+    the run's LoggedModel, or its ``model`` artifact folder (versions logged before tlops
+    logged LoggedModels)."""
     if not info.run_id:
         return download(info, dest)
     import mlflow.artifacts
 
     with service(f"download the classifier of {info.name} v{info.version}"):
+        outputs = client().get_run(info.run_id).outputs
+        models = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+        source = logged_model_location(models[0]) if models else f"runs:/{info.run_id}/model"
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"runs:/{info.run_id}/model", dst_path=str(dest),
-            tracking_uri=tracking_uri(),
-        )  # fmt: skip
+            artifact_uri=source, dst_path=str(dest), tracking_uri=tracking_uri()
+        )
     return Path(local)
+
+
+#: The version tag naming the version's LoggedModel (MLflow's SQL registry keeps no model_id
+#: of its own on a version; its link is the LoggedModel's ``mlflow.modelVersions`` tag).
+MODEL_ID_TAG = "model_id"
+LINK_TAG = "mlflow.modelVersions"
+
+
+def _link_version(mlflow_client: Any, model_id: str, name: str, version: str) -> None:
+    """Add ``name`` v``version`` to the LoggedModel's list of registered versions (as
+    ``mlflow.register_model`` does), so the Models tab shows it."""
+    tags = mlflow_client.get_logged_model(model_id).tags or {}
+    linked = [*json.loads(tags.get(LINK_TAG, "[]")), {"name": name, "version": int(version)}]
+    mlflow_client.set_logged_model_tags(model_id, {LINK_TAG: json.dumps(linked)})
+
+
+def logged_model_location(model_id: str) -> str:
+    """Where a LoggedModel's files are (a concrete artifact URI, not ``models:/``)."""
+    return str(client().get_logged_model(model_id).artifact_location)
+
+
+#: Where the ``.keras`` file and ``tlops.json`` are in a model folder: the pyfunc LoggedModel
+#: (its artifacts), then the Keras-flavor folder tlops logged before.
+MODEL_LAYOUTS = (
+    (Path("artifacts") / "model.keras", Path("artifacts") / "tlops.json"),
+    (Path("data") / "model.keras", Path("tlops.json")),
+)
 
 
 def model_files(folder: Path) -> tuple[Path, dict[str, Any]]:
     """The ``.keras`` file and the tlops metadata (classes, image size) of a model folder."""
-    keras_file = folder / "data" / "model.keras"
-    meta_file = folder / "tlops.json"
-    if not keras_file.is_file() or not meta_file.is_file():
-        raise ConfigError(f"{folder}: not a tlops model (data/model.keras and tlops.json needed)")
-    meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
-    return keras_file, meta
+    for keras_rel, meta_rel in MODEL_LAYOUTS:
+        keras_file, meta_file = folder / keras_rel, folder / meta_rel
+        if keras_file.is_file() and meta_file.is_file():
+            meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+            return keras_file, meta
+    raise ConfigError(
+        f"{folder}: not a tlops model (artifacts/model.keras and artifacts/tlops.json, or "
+        "data/model.keras and tlops.json, needed)"
+    )
 
 
 def register(
@@ -251,15 +285,22 @@ def register(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        source = (
-            mlflow_client.get_run(run_id).info.artifact_uri.rstrip("/")
-            + "/"
-            + (model_uri.split("/", 3)[-1])
-        )
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+        if model_id:  # a LoggedModel: its files' concrete location; the id as a version tag
+            source = logged_model_location(model_id)
+            tags = {**tags, MODEL_ID_TAG: model_id}
+        else:
+            source = (
+                mlflow_client.get_run(run_id).info.artifact_uri.rstrip("/")
+                + "/"
+                + (model_uri.split("/", 3)[-1])
+            )
         version = mlflow_client.create_model_version(
             name, source, run_id=run_id, tags={k: tag_value(v) for k, v in tags.items()},
-            description=description[:5000],
+            description=description[:5000], model_id=model_id,
         )  # fmt: skip
+        if model_id:
+            _link_version(mlflow_client, model_id, name, str(version.version))
     return _info(version)
 
 

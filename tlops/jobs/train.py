@@ -428,8 +428,10 @@ def record_run(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -
 
 
 def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> str:
-    """What :func:`record_run` logs; returns the model URI."""
+    """What :func:`record_run` logs; returns the model URI (the LoggedModel's ``models:/``)."""
     import keras
+
+    from tlops.adapters import pyfunc
 
     run_id, cfg, run_dir = ctx.run_id, ctx.config, ctx.out
     log_config(run_id, cfg, run_dir)
@@ -460,15 +462,15 @@ def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> s
     )
     model = keras.models.load_model(trained.model_path, safe_mode=True)
     size = int(model.inputs[0].shape[1])
-    example = np.zeros((1, size, size, 3), dtype=np.float32)
     meta = {
         "classes": trained.classes,
         "binary": trained.binary,
         "image_size": size,
         "backbone": cfg.backbone.name,
-        "input": "float32 RGB 0..255, (n, size, size, 3); preprocessing is inside the model",
+        "input": "served: encoded image bytes (an `image` column) or file paths (`path`); "
+        "the Keras model: float32 RGB 0..255, (n, size, size, 3), preprocessing inside",
     }
-    model_uri = tracking.log_keras_model(run_id, model, example, meta)
+    model_uri = pyfunc.log_image_model(run_id, Path(trained.model_path), meta).uri
     if not trained.backbone_path:
         return model_uri
     backbone_meta = {

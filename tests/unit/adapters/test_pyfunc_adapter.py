@@ -106,3 +106,26 @@ def test_the_input_example_is_a_real_image(logged: tuple[str, str], tmp_path: Pa
     assert "image" in json.dumps(example)
     assert (local / "artifacts" / "model.keras").is_file()
     assert (local / "artifacts" / "tlops.json").is_file()
+
+
+def test_a_registered_version_carries_the_model_id_and_finds_its_files(
+    logged: tuple[str, str], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from tlops.adapters import registry
+
+    run_id, model_id = logged
+    name = f"served-{uuid.uuid4().hex[:8]}"
+    info = registry.register(name, run_id, f"models:/{model_id}", {}, "")
+    client = MlflowClient()
+    assert client.get_model_version(name, info.version).tags["model_id"] == model_id
+    linked = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": name, "version": int(info.version)}]
+    for folder in (
+        registry.download(info, tmp_path / "version"),
+        registry.download_classifier(info, tmp_path / "classifier"),  # the run's LoggedModel
+    ):
+        keras_file, meta = registry.model_files(folder)
+        assert keras_file.relative_to(folder).as_posix() == "artifacts/model.keras"
+        assert meta["classes"] == CLASSES
