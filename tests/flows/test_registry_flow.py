@@ -156,11 +156,15 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     csv_out = tlops_cli(["predict", f"models:/{name}/1", str(left), "--format", "csv"], prefect_api)
     assert csv_out.stdout.splitlines()[0] == "path,rank,class,probability,error"
 
-    # pyfunc: the registered version predicts on a batch of images
+    # pyfunc: the registered version labels encoded images, as tlops predict does
+    import pandas as pd
+
     mlflow.set_tracking_uri(tracked)
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    probs = np.asarray(model.predict(np.zeros((3, 16, 16, 3), dtype=np.float32)))
-    assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    answer = model.predict(pd.DataFrame({"image": [Path(rows[0]["path"]).read_bytes()]}))
+    assert answer.iloc[0]["label"] == rows[0]["top"][0][0]
+    probs = np.array(list(answer.iloc[0]["probabilities"].values()))
+    assert probs.shape == (3,) and np.isclose(probs.sum(), 1.0, atol=1e-4)
 
 
 def test_concurrent_candidates_never_both_become_champion(
