@@ -9,38 +9,21 @@ import base64
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import free_port, tlops_cli
 from PIL import Image
-
-SIZE = 16
-CLASSES = ["bright", "dark", "other"]
-
-
-def brightness_model(path: Path) -> Path:
-    """16x16 RGB -> softmax over 3 classes (a bright red channel is ``bright``), saved."""
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 3))
-    dense = keras.layers.Dense(3, activation="softmax")
-    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
-    kernel = np.zeros((3, 3), dtype=np.float32)
-    kernel[0] = [0.1, -0.1, 0.0]
-    dense.set_weights([kernel, np.array([-12.75, 12.75, -20.0], dtype=np.float32)])
-    model.save(path)
-    return path
+from unit.imaging import CLASSES, SIZE, bomb_png, brightness_model
 
 
 def picture(red: int, mode: str, size: tuple[int, int]) -> Image.Image:
@@ -57,18 +40,7 @@ def picture(red: int, mode: str, size: tuple[int, int]) -> Image.Image:
     return rgb.convert(mode)
 
 
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
-
-
-def post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+def post(url: str, body: bytes) -> tuple[int, Any]:
     """POST a JSON body; (status, decoded answer)."""
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
@@ -156,9 +128,9 @@ def test_served_champion_labels_images_as_tlops_predict_and_refuses_bad_requests
         files.append(path)
     status, answer = post(served, images_request(*(p.read_bytes() for p in files)))
     assert status == 200, answer
-    served_labels = [row["label"] for row in answer["predictions"]]  # type: ignore[union-attr]
+    served_labels = [row["label"] for row in answer["predictions"]]
     assert served_labels == ["bright", "dark", "bright", "bright", "dark", "dark"]
-    first = answer["predictions"][0]  # type: ignore[index]
+    first = answer["predictions"][0]
     assert set(first["probabilities"]) == set(CLASSES)
     done = tlops_cli(
         ["predict", f"models:/{champion}@champion", *map(str, files), "--format", "json"],
@@ -182,4 +154,4 @@ def test_served_champion_labels_images_as_tlops_predict_and_refuses_bad_requests
         assert 400 <= status < 500, (text, status, answer)
         assert text.lower() in str(answer.get("message", "")).lower(), (text, answer)
     status, answer = post(served, images_request(files[1].read_bytes()))  # still serving
-    assert status == 200 and answer["predictions"][0]["label"] == "dark"  # type: ignore[index]
+    assert status == 200 and answer["predictions"][0]["label"] == "dark"

@@ -12,29 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from unit.imaging import CLASSES, SIZE, brightness_model
 
 from tlops.adapters import tracking
 from tlops.adapters.pyfunc import log_image_model
 
 #: the real SQLite MLflow store of this module (see tests/unit/mlflow_fixtures.py)
 pytest_plugins = ["unit.mlflow_fixtures"]
-
-SIZE = 16
-CLASSES = ["bright", "dark", "other"]
-
-
-def brightness_model(path: Path) -> Path:
-    """16x16 RGB -> softmax over 3 classes (a bright red channel is ``bright``), saved."""
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 3))
-    dense = keras.layers.Dense(3, activation="softmax")
-    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
-    kernel = np.zeros((3, 3), dtype=np.float32)
-    kernel[0] = [0.1, -0.1, 0.0]
-    dense.set_weights([kernel, np.array([-12.75, 12.75, -20.0], dtype=np.float32)])
-    model.save(path)
-    return path
 
 
 def png(red: int, mode: str = "RGB") -> bytes:

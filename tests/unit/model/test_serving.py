@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from unit.imaging import bomb_png
 
 from tlops.data.inputs import load_image
 from tlops.model.serving import (
@@ -44,17 +43,6 @@ def photo(mode: str, size: tuple[int, int] = (40, 28)) -> Image.Image:
         rgba.putalpha(128)
         return rgba
     return rgb.convert(mode)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` pixels (no real pixel data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(("mode", "fmt"), [
