@@ -159,6 +159,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_until_answering(proc: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:
+    """Block until ``url`` answers 200 (a busy 2-core machine can take minutes); a
+    RuntimeError with ``log``'s text when ``proc`` exits first or five minutes pass."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{what} did not start: {log.read_text()}")
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on a free loopback port (SQLite store, served artifacts)."""
@@ -188,20 +204,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
-    deadline = time.monotonic() + 300  # a busy 2-core machine can take minutes
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            stop()
-            raise RuntimeError(f"mlflow server exited: {(home / 'server.log').read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    try:
+        wait_until_answering(proc, f"{url}/health", home / "server.log", "mlflow server")
+    except RuntimeError:
         stop()
-        raise RuntimeError(f"mlflow server did not start: {(home / 'server.log').read_text()}")
+        raise
     try:
         yield url
     finally:

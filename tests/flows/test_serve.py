@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import free_port, tlops_cli
+from conftest import free_port, tlops_cli, wait_until_answering
 from PIL import Image
 from unit.imaging import CLASSES, SIZE, bomb_png, brightness_model
 
@@ -89,19 +88,7 @@ def served(champion: str, tracked: str, tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(
-                "mlflow models serve did not answer: " + (tmp_path / "serve.log").read_text()
-            )
+        wait_until_answering(proc, f"{base}/ping", tmp_path / "serve.log", "mlflow models serve")
         yield f"{base}/invocations"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
