@@ -11,8 +11,12 @@ duplicate files dropped first, since tlops' contract refuses them):
 - ``tlops``: the real ``tlops train`` CLI (a subprocess in a fresh git + DVC repository of the
   same split, its own Prefect server, a temporary SQLite MLflow store and cache) with only
   ``data`` and ``backbone`` set: every other setting is tlops' default;
-- both scored on the same test images: accuracy, the difference with McNemar's exact p-value,
-  wall time of each and their ratio.
+- tlops runs twice, cold each time (fresh home, cache, Prefect home and MLflow store): once
+  before the recipe and once after it, so that a change in the shared machine's load during
+  the long recipe run weighs on both; ``tlops_wall_s`` is the mean of the two and
+  ``tlops_runs`` lists each;
+- both scored on the same test images (tlops' first run): accuracy, the difference with
+  McNemar's exact p-value, wall time of each and their ratio.
 
 ``fine_tune_speed``: images per second of the fine-tuning phase of MobileNetV2 (160 px, the
 default boundary) on the boundary cache against the whole model, measured in-process on the
@@ -223,16 +227,10 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}\n{done.stderr}")
 
 
-def tlops_train(repo: Path, name: str, size: int, weights: Path, settings: Settings) -> Json:
-    """``tlops train`` with only data and backbone set, in the git + DVC repo ``repo``."""
-    env = {
-        **os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1",
-        "TLOPS_HOME": str(repo.parent / "home"), "TLOPS_CACHE": str(repo.parent / "cache"),
-        "PREFECT_HOME": str(repo.parent / "prefect"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}",
-    }  # fmt: skip
-    env.pop("PREFECT_API_URL", None)
-    env.pop("GITHUB_STEP_SUMMARY", None)
+def prepare_repo(repo: Path, name: str, size: int, weights: Path, settings: Settings) -> None:
+    """Make ``repo`` (holding ``data/``) a git + DVC repository with a pushed ``data.dvc`` and a
+    committed ``tlops.yaml`` that sets only data and backbone (and, in quick mode, epochs)."""
+    env = {**os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1"}
     dvc = [sys.executable, "-m", "dvc"]
     for cmd in (
         ["git", "init", "-q", "-b", "main"], [*dvc, "init", "-q"],
@@ -240,7 +238,7 @@ def tlops_train(repo: Path, name: str, size: int, weights: Path, settings: Setti
         [*dvc, "add", "-q", "data"], [*dvc, "push", "-q"],
     ):  # fmt: skip
         run(cmd, repo, env)
-    config = {
+    config: Json = {
         "name": name,
         "data": {"repo": ".", "dvc_file": "data.dvc", "image_size": size},
         "backbone": {"name": "mobilenet_v2", "weights": str(weights)},
@@ -254,6 +252,20 @@ def tlops_train(repo: Path, name: str, size: int, weights: Path, settings: Setti
     (repo / "tlops.yaml").write_text(json.dumps(config, indent=1), encoding="utf-8")
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "data"], repo, env)
+
+
+def tlops_train(repo: Path, state: Path) -> Json:
+    """One cold ``tlops train tlops.yaml`` in ``repo``: its own empty tlops home, feature
+    cache, Prefect home and MLflow store under ``state``, as on a machine that never ran it."""
+    env = {
+        **os.environ, **GIT_ENV, "DVC_NO_ANALYTICS": "1",
+        "TLOPS_HOME": str(state / "home"), "TLOPS_CACHE": str(state / "cache"),
+        "PREFECT_HOME": str(state / "prefect"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{state / 'mlflow.db'}",
+    }  # fmt: skip
+    env.pop("PREFECT_API_URL", None)
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    state.mkdir(parents=True)
     tlops = str(Path(sys.executable).with_name("tlops"))
     start = time.perf_counter()
     done = subprocess.run(
@@ -265,7 +277,7 @@ def tlops_train(repo: Path, name: str, size: int, weights: Path, settings: Setti
         tail = (done.stdout + done.stderr)[-3000:]
         raise RuntimeError(f"tlops train exited {done.returncode}: {tail}")
     # the only run of this fresh TLOPS_HOME (its folder is named by the flow run)
-    (run_dir,) = {p.parent for p in (repo.parent / "home" / "runs").glob("*/predictions.json")}
+    (run_dir,) = {p.parent for p in (state / "home" / "runs").glob("*/predictions.json")}
     rows = json.loads((run_dir / "predictions.json").read_text(encoding="utf-8"))
     training = json.loads((run_dir / "training.json").read_text(encoding="utf-8"))
     summary = [line for line in done.stdout.splitlines() if line.startswith("- ")]
@@ -318,7 +330,8 @@ def compare(ours: Json, theirs: Json) -> Json:
 
 
 def one_dataset(name: str, settings: Settings, assets: Path) -> Json:
-    """Lay out the split, run both, compare."""
+    """Lay out the split; run tlops, the recipe, then tlops again (each cold), so that drift
+    in the shared machine's load during the long recipe run weighs on both sides; compare."""
     source, weights = assets / "datasets" / name, assets / WEIGHTS_FILE
     for path in (source, weights):
         if not path.exists():
@@ -327,12 +340,25 @@ def one_dataset(name: str, settings: Settings, assets: Path) -> Json:
     with tempfile.TemporaryDirectory(prefix=f"tlops-recipe-{name}-") as tmp:
         repo = Path(tmp) / "repo"
         layout = lay_out(source, repo / "data", settings.per_class)
+        prepare_repo(repo, name, size, weights, settings)
+        first = tlops_train(repo, Path(tmp) / "before")
         theirs = recipe(repo / "data", size, weights, settings)
-        ours = tlops_train(repo, name, size, weights, settings)
+        second = tlops_train(repo, Path(tmp) / "after")
+    walls = [first["wall_s"], second["wall_s"]]
+    ours = {**first, "wall_s": rounded(sum(walls) / 2, 1)}
     result = {"image_size": size, "split": layout, **compare(ours, theirs)}
-    result["tlops"] = {k: v for k, v in ours.items() if k != "correct"}
+    result["tlops_runs"] = [
+        {"when": when, "wall_s": run["wall_s"], "test_accuracy": accuracy_of(run, theirs)}
+        for when, run in (("before the recipe", first), ("after the recipe", second))
+    ]
+    result["tlops"] = {k: v for k, v in first.items() if k != "correct"}
     result["recipe"] = {k: v for k, v in theirs.items() if k != "correct"}
     return result
+
+
+def accuracy_of(ours: Json, theirs: Json) -> float:
+    """Test accuracy of one tlops run on the recipe's test images."""
+    return rounded(float(np.mean([ours["correct"][k] for k in theirs["correct"]])), 4)
 
 
 # -- fine-tuning speed ------------------------------------------------------------------------
