@@ -486,6 +486,46 @@ def predict(
     guard(body)
 
 
+@app.command()
+def export(
+    model_uri: ModelUriArg,
+    formats: Annotated[
+        list[str],
+        typer.Option("--format", help="saved_model, onnx or litert (repeatable)"),
+    ],
+) -> None:
+    """Export a registered version (SavedModel, ONNX, LiteRT), check each format's parity with
+    the Keras model on the version's test split, and attach the exports to the version.
+
+    Parity below the goal (every argmax the same, probabilities within
+    ``registry.export_max_prob_diff``) attaches nothing and exits 4.
+    """
+
+    def body() -> None:
+        import tempfile
+
+        from tlops.adapters.registry import parse_model_uri
+        from tlops.model.exports import FORMATS
+
+        chosen = [f.lower() for f in formats]
+        unknown = [f for f in chosen if f not in FORMATS]
+        if unknown or len(set(chosen)) != len(chosen):
+            raise ConfigError(
+                f"--format {', '.join(unknown or chosen)}: each one of {', '.join(FORMATS)}, once"
+            )
+        parse_model_uri(model_uri)  # a malformed URI fails before TensorFlow is imported
+        from tlops.jobs.export import export_version
+
+        with tempfile.TemporaryDirectory(prefix="tlops-export-") as tmp:
+            outcome = export_version(model_uri, chosen, Path(tmp))  # type: ignore[arg-type]
+        publish_summary(
+            "\n".join([f"### tlops export {model_uri}: attached"]
+                      + [f"- {line}" for line in outcome.lines()])
+        )  # fmt: skip
+
+    guard(body)
+
+
 def main() -> None:
     """Entry point of the ``tlops`` script."""
     apply_env_defaults()

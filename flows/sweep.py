@@ -21,7 +21,7 @@ from flows.validate import validate_flow
 from tasks.gate import gate_task
 from tasks.register import register_task
 from tasks.sweep import finish_sweep_task, nest_trial_task, start_sweep_task, trial_task
-from tasks.train import fail_tracking_task, start_tracking_task
+from tasks.train import export_task, fail_tracking_task, start_tracking_task
 from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
 from tlops.decision.gate import Verdict
@@ -129,7 +129,8 @@ def sweep_flow(
     1. expand the grid (every point validated) and validate the data once (subflow);
     2. open the parent MLflow run and, under it, one child run per trial;
     3. train, evaluate and record the trials on the flow's task runner (Dask);
-    4. choose the best trial on validation, gate and register it alone, finish the parent.
+    4. choose the best trial on validation; export it (``registry.exports``), gate and register
+       it alone; finish the parent.
 
     A failed trial fails the sweep once the others have ended: no gate on part of a grid.
     ``cluster`` only says where the trials ran (a parent run tag); ``policy`` is where the
@@ -147,7 +148,8 @@ def sweep_flow(
         results = _run_trials(trials, contexts)
         best = choose_best(results, config.train.monitor)
         chosen = contexts[best.index]
-        gate = gate_task(chosen, best.trained, best.evaluated)
+        exports = export_task(chosen, best.trained)
+        gate = gate_task(chosen, best.trained, best.evaluated, exports)
         promotion = register_task(chosen, gate, best.model_uri)
         finish_sweep_task(parent, trials, results, best, promotion)
     except BaseException:

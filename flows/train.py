@@ -12,6 +12,7 @@ from tasks.gate import gate_task, unchanged_task
 from tasks.register import reconcile_task, register_task
 from tasks.train import (
     evaluate_task,
+    export_task,
     fail_tracking_task,
     record_task,
     start_tracking_task,
@@ -21,6 +22,7 @@ from tlops.adapters.tracking import shown_tracking_uri
 from tlops.config import RunConfig
 from tlops.decision.gate import Verdict
 from tlops.jobs.context import RunContext
+from tlops.jobs.export import ExportOutcome
 from tlops.jobs.policy import PolicyOrigin
 from tlops.jobs.register import PromotionResult
 from tlops.jobs.train import EvalSummary, TrainSummary
@@ -38,6 +40,7 @@ class TrainOutcome(BaseModel):
     model_uri: str
     trained: TrainSummary
     evaluated: EvalSummary
+    exports: ExportOutcome = ExportOutcome()
     verdict: Verdict
     promotion: PromotionResult
     tracking_uri: str
@@ -68,6 +71,7 @@ class TrainOutcome(BaseModel):
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 *(f"- phase {name}: {path}" for name, path in t.phase_paths.items()),
                 *(f"- note: {note}" for note in t.notes),
+                *(f"- export {line}" for line in self.exports.lines()),
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
                 f"- **{self.promotion.line()}**",
                 *(f"- reconciled first: {a}" for a in self.reconciled + self.promotion.reconciled),
@@ -131,10 +135,11 @@ def train_flow(
         trained = train_task(ctx)
         evaluated = evaluate_task(ctx, trained)
         model_uri = record_task(ctx, trained, evaluated)
+        exports = export_task(ctx, trained)
     except BaseException:
         fail_tracking_task(ctx.run_id)
         raise
-    gate = gate_task(ctx, trained, evaluated)
+    gate = gate_task(ctx, trained, evaluated, exports)
     promotion = register_task(ctx, gate, model_uri)
     return TrainOutcome(
         validation=validation,
@@ -142,6 +147,7 @@ def train_flow(
         model_uri=model_uri,
         trained=trained,
         evaluated=evaluated,
+        exports=exports,
         verdict=promotion.verdict,
         promotion=promotion,
         tracking_uri=shown_tracking_uri(),

@@ -12,6 +12,7 @@ from tlops.adapters.registry import VersionInfo
 from tlops.config import RunConfig
 from tlops.data.version import DataVersion
 from tlops.jobs.context import RunContext
+from tlops.jobs.export import ExportOutcome
 from tlops.jobs.gate import GateOutcome, judge_candidate, unchanged_champion
 from tlops.jobs.train import EvalSummary, TrainSummary
 
@@ -40,10 +41,13 @@ def unchanged_task(config: RunConfig, data: DataVersion) -> VersionInfo | None:
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> GateOutcome:
-    """Judge the candidate against the current champion, re-evaluated on the same test split
-    (:func:`tlops.jobs.gate.judge_candidate`); publish the report as a Prefect artifact."""
-    outcome = judge_candidate(ctx, trained, evaluated)
+def gate_task(
+    ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary, exports: ExportOutcome
+) -> GateOutcome:
+    """Judge the candidate (with its exports' parity and figures) against the current champion,
+    re-evaluated on the same test split (:func:`tlops.jobs.gate.judge_candidate`); publish the
+    report as a Prefect artifact."""
+    outcome = judge_candidate(ctx, trained, evaluated, exports)
     name, verdict = ctx.config.model_name, outcome.verdict
     create_markdown_artifact(
         key=artifact_key(name), markdown=outcome.markdown(),

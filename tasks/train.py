@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tlops.adapters.tracking import shown_tracking_uri
 from tlops.jobs.context import RunContext
+from tlops.jobs.export import ExportOutcome, export_run
 from tlops.jobs.train import (
     EvalSummary,
     TrainSummary,
@@ -59,6 +60,15 @@ def evaluate_task(ctx: RunContext, trained: TrainSummary) -> EvalSummary:
 def record_task(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> str:
     """Log metrics, artifacts and the model to the run; finish it."""
     return record_run(ctx, trained, evaluated)
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(ctx: RunContext, trained: TrainSummary) -> ExportOutcome:
+    """Export the model as ``registry.exports`` says and check each format's parity."""
+    outcome = export_run(ctx, trained)
+    for line in outcome.lines():
+        get_run_logger().info("export %s", line)
+    return outcome
 
 
 @task(name="fail-tracking", cache_policy=NO_CACHE)

@@ -434,6 +434,26 @@ class RegistryConfig(_Section):
     )
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     previous_alias: str = Field("previous", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    exports: list[Literal["saved_model", "onnx", "litert"]] = Field(
+        default_factory=list,
+        description="formats exported before the gate and attached to the registered version "
+        "(saved_model: TF Serving / Triton; onnx: onnxruntime; litert: mobile), each checked "
+        "for parity with the Keras model on the test split; a failed parity rejects the "
+        "candidate (exit 4); gate value rules may name onnx_latency_ms_batch1, litert_size_mb...",
+    )
+    export_max_prob_diff: float = Field(
+        1e-4, gt=0, le=1,
+        description="parity: the largest probability difference an export may have from the "
+        "Keras model on any test image (besides 100 % argmax agreement)",
+    )  # fmt: skip
+
+    @field_validator("exports")
+    @classmethod
+    def _unique_exports(cls, value: list[str]) -> list[str]:
+        """Each format once."""
+        if len(set(value)) != len(value):
+            raise ValueError(f"each format at most once, got {value}")
+        return value
 
 
 class RunConfig(_Section):

@@ -29,18 +29,6 @@ PValue = Annotated[float, Field(gt=0.0, lt=1.0)]
 RecallDrop = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class Evidence(BaseModel):
-    """One model measured on the candidate's test split."""
-
-    model_config = ConfigDict(frozen=True)
-
-    metrics: dict[str, float]
-    correct: list[bool] = Field(description="per test image, in the test split's order")
-    classes: list[str]
-    fingerprint: str = Field("", description="data + config + code identity; '' = unknown")
-    version: str | None = Field(None, description="registered version (the champion's)")
-
-
 class RuleResult(BaseModel):
     """One rule's outcome: passed, failed, or skipped (``passed is None``)."""
 
@@ -57,6 +45,23 @@ class RuleResult(BaseModel):
     def status(self) -> str:
         """``pass``, ``FAIL`` or ``skipped``."""
         return "skipped" if self.passed is None else ("pass" if self.passed else "FAIL")
+
+
+class Evidence(BaseModel):
+    """One model measured on the candidate's test split."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metrics: dict[str, float]
+    correct: list[bool] = Field(description="per test image, in the test split's order")
+    classes: list[str]
+    fingerprint: str = Field("", description="data + config + code identity; '' = unknown")
+    version: str | None = Field(None, description="registered version (the champion's)")
+    checks: list[RuleResult] = Field(
+        default_factory=list,
+        description="checks made on the candidate before the gate (an export's parity): any "
+        "failed one rejects it, whatever the rules",
+    )
 
 
 def _fmt(value: float) -> str:

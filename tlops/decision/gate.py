@@ -87,6 +87,7 @@ def same_as_champion(candidate: str, champion: str) -> bool:
 def decide(gate: GateConfig, candidate: Evidence, champion: Evidence | None) -> Verdict:
     """The verdict on ``candidate`` against ``champion`` (None: no champion yet).
 
+    0. a failed check made before the gate (an export's parity): rejected;
     1. no rules configured: nothing is promoted;
     2. same data, config and code as the champion: nothing to promote (a copy);
     3. every rule in order: rules on the candidate alone always; rules against the champion
@@ -95,6 +96,12 @@ def decide(gate: GateConfig, candidate: Evidence, champion: Evidence | None) -> 
     4. promote when no rule failed.
     """
     version = champion.version if champion else None
+    checks_failed = [c for c in candidate.checks if c.passed is False]
+    if checks_failed:
+        return Verdict(
+            decision="reject", results=list(candidate.checks), champion_version=version,
+            reason="failed: " + "; ".join(f"{c.rule} ({c.observed})" for c in checks_failed),
+        )  # fmt: skip
     if not gate.configured:
         return Verdict(
             decision="no_rules", results=[], champion_version=version,
@@ -109,7 +116,8 @@ def decide(gate: GateConfig, candidate: Evidence, champion: Evidence | None) -> 
             decision="unchanged", results=[same], champion_version=version,
             reason=f"nothing changed since champion v{version}: not promoting a copy",
         )  # fmt: skip
-    results = [result for rule in gate.rules for result in rule.evaluate(candidate, champion)]
+    results = list(candidate.checks)
+    results += [result for rule in gate.rules for result in rule.evaluate(candidate, champion)]
     failed = [r for r in results if r.passed is False]
     if failed:
         return Verdict(

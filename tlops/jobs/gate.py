@@ -22,6 +22,7 @@ from tlops.data.version import DataVersion
 from tlops.decision.gate import UNKNOWN_CODE, Evidence, Verdict, decide
 from tlops.decision.report import REPORT_FILE, write_report
 from tlops.jobs.context import RunContext
+from tlops.jobs.export import ExportOutcome
 from tlops.jobs.train import EvalSummary, TrainSummary, _latency, inputs_digest
 from tlops.jobs.validate import ManifestInfo
 
@@ -132,21 +133,30 @@ class GateOutcome(BaseModel):
         return Path(self.report_path).read_text(encoding="utf-8")
 
 
-def judge_candidate(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> GateOutcome:
+def judge_candidate(
+    ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary,
+    exports: ExportOutcome | None = None,
+) -> GateOutcome:  # fmt: skip
     """Judge the context's candidate against the current champion, re-evaluated on the same
     test split.
 
-    1. the candidate's evidence: its test predictions, and its fingerprint from the config, the
-       data and the code its run is tagged with (:func:`change_fingerprint`);
+    1. the candidate's evidence: its test metrics with its exports' figures, the exports'
+       parity as checks (a failed one rejects), its test predictions, and its fingerprint
+       from the config, the data and the code its run is tagged with
+       (:func:`change_fingerprint`);
     2. the champion (if any) re-measured on the same test split; decide;
     3. write ``gate_verdict.json`` and the report into the run's folder, log both under
        ``gate/`` and tag the run with the decision and the fingerprint.
     """
     cfg, run_id = ctx.config, ctx.run_id
     fingerprint = change_fingerprint(cfg, ctx.data.md5, tracking.get_tags(run_id))
+    exports = exports or ExportOutcome()
     candidate = candidate_evidence(
-        evaluated.metrics, evaluated.predictions_path, trained.classes, fingerprint
-    )
+        {**evaluated.metrics, **exports.metrics()},
+        evaluated.predictions_path,
+        trained.classes,
+        fingerprint,
+    ).model_copy(update={"checks": exports.checks()})
     champion = registry.version_by_alias(cfg.model_name, cfg.registry.champion_alias)
     measured = measure_version(champion, cfg, ctx.data, ctx.manifest) if champion else None
     verdict = decide(cfg.gate, candidate, measured)

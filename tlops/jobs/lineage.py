@@ -6,6 +6,8 @@ from __future__ import annotations
 from tlops.adapters import registry
 from tlops.errors import TlopsError
 
+#: Version tags of the exports (``export.onnx.uri``, ``export.onnx.parity``...), listed together.
+EXPORT_PREFIX = "export."
 #: Version tags that make up the lineage card, in the order it prints them.
 CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest"),
@@ -37,6 +39,9 @@ def lineage_card(info: registry.VersionInfo, depth: int = 0) -> str:
         present = [(k, tags[k]) for k in keys if k in tags]
         if present:
             lines += ["", f"### {section}"] + [f"- {k}: `{v}`" for k, v in present]
+    exports = sorted(k for k in tags if k.startswith(EXPORT_PREFIX))
+    if exports:
+        lines += ["", "### exports"] + [f"- {k}: `{tags[k]}`" for k in exports]
     if "config" in tags:
         lines += ["", "### config", "```yaml", tags["config"].rstrip(), "```"]
     source = tags.get("backbone.model_version", "")

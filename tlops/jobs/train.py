@@ -394,10 +394,14 @@ def open_run(ctx: RunContext) -> str:
 
     In the experiment of the config's name, named by :func:`run_name`: params (the whole
     config), the tags of :func:`run_tags` plus ``tlops.trigger`` (schedule, ci or manual, for
-    filtering in the UI), and the dataset as the run's input.
+    filtering in the UI) and ``data.manifest`` (the manifest's digest), and the dataset as the
+    run's input.
     """
     cfg = ctx.config
-    tags = {**run_tags(cfg, ctx.data, ctx.flow_run_id, ctx.policy), "tlops.trigger": ctx.trigger}
+    tags = {
+        **run_tags(cfg, ctx.data, ctx.flow_run_id, ctx.policy), "tlops.trigger": ctx.trigger,
+        "data.manifest": ctx.manifest.digest,  # the files, labels and splits it was trained on
+    }  # fmt: skip
     run_id = tracking.start_run(cfg.name, run_name(ctx), cfg.flat(), tags)
     tracking.log_dataset(run_id, ctx.data, ctx.manifest.digest, context="train")
     return run_id

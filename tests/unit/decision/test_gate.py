@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tlops.config import GateConfig, load_config
-from tlops.decision.gate import Evidence, decide, mcnemar
+from tlops.decision.gate import Evidence, RuleResult, decide, mcnemar
 from tlops.errors import ConfigError
 
 
@@ -198,3 +198,36 @@ def test_relative_change_against_a_zero_champion_compares_the_absolute_delta(
     assert decide(rules, evidence(0.6, [True], test_loss=slightly), champion).passed
     better = decide(rules, evidence(0.6, [True], test_loss=-worse), champion)
     assert better.passed and "delta +0.5" in better.results[0].observed
+
+
+def export_check(passed: bool) -> RuleResult:
+    return RuleResult(
+        rule="onnx export parity", kind="export", threshold="argmax 1", observed="argmax 0.98",
+        passed=passed,
+    )  # fmt: skip
+
+
+def test_a_failed_export_check_rejects_even_without_rules() -> None:
+    failing = evidence(0.99, [True]).model_copy(update={"checks": [export_check(False)]})
+    for rules in (GateConfig(), gate(values=[{"metric": "test_accuracy", "min": 0.5}])):
+        verdict = decide(rules, failing, None)
+        assert verdict.decision == "reject" and not verdict.passed
+        assert "onnx export parity (argmax 0.98)" in verdict.reason
+        assert [r.rule for r in verdict.failed_rules] == ["onnx export parity"]
+
+
+def test_passed_export_checks_are_listed_and_export_metrics_are_rules_like_any() -> None:
+    candidate = evidence(0.9, [True], onnx_latency_ms_batch1=3.0, litert_size_mb=12.0)
+    candidate = candidate.model_copy(update={"checks": [export_check(True)]})
+    rules = gate(values=[{"metric": "onnx_latency_ms_batch1", "max": 5},
+                         {"metric": "litert_size_mb", "max": 10}])  # fmt: skip
+    verdict = decide(rules, candidate, None)
+    assert verdict.decision == "reject"
+    assert [(r.rule, r.status) for r in verdict.results] == [
+        ("onnx export parity", "pass"), ("onnx_latency_ms_batch1", "pass"),
+        ("litert_size_mb", "FAIL"),
+    ]  # fmt: skip
+    no_export = decide(gate(values=[{"metric": "onnx_latency_ms_batch1", "max": 5}]),
+                       evidence(0.9, [True]), None)  # fmt: skip
+    assert no_export.decision == "reject"  # a rule on an export that was not made fails
+    assert "no metric named 'onnx_latency_ms_batch1'" in no_export.results[0].reason
