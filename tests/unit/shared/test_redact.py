@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
-from tests.conftest import free_port
 from tlops.adapters.dvc import remote_url
 from tlops.data.version import DataVersion
 from tlops.errors import ServiceError
