@@ -66,7 +66,8 @@ class TrainOutcome(BaseModel):
                 f"- best validation per phase: {phases}; kept **{t.kept_phase}**",
                 f"- test: accuracy {m['test_accuracy']:.4f}, macro F1 {m['test_macro_f1']:.4f},"
                 f" latency {m['latency_ms_batch1']:.2f} ms/image (batch 1)",
-                f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`",
+                f"- data: md5 `{self.validation.data.md5}` rev `{self.validation.data.rev[:12]}`,"
+                f" splits from {self.validation.manifest.split_source}",
                 *([f"- {t.kept_margin}"] if t.kept_margin else []),
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 *(f"- phase {name}: {path}" for name, path in t.phase_paths.items()),

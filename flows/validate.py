@@ -22,7 +22,9 @@ def validate_flow(config: RunConfig, data: DataVersion | None = None) -> Validat
     """
     out_dir = str(run_dir(str(flow_run.get_id() or "local")))
     version = data if data is not None else resolve_data_task(config.data)
-    info = build_manifest_task(version, config.split, out_dir, config.contract)
+    info = build_manifest_task(
+        version, config.split, out_dir, config.contract, dict(config.data.split_names)
+    )
     verdict = check_contract_task(info, config.contract, version, out_dir)
     if not verdict.success:
         raise ContractFailedError(f"{verdict.message} (report: {verdict.report_path})")

@@ -21,11 +21,13 @@ from tlops.jobs.validate import (
 
 @task(name="build-manifest", cache_policy=NO_CACHE)
 def build_manifest_task(
-    version: DataVersion, split: SplitConfig, out_dir: str, contract: ContractConfig | None = None
-) -> ManifestInfo:
-    """Scan the dataset's images into a manifest, splitting by sha256 if it has no splits;
-    only the contract's formats and sizes are read."""
-    info = build_manifest(version.images_root, split, Path(out_dir), contract)
+    version: DataVersion, split: SplitConfig, out_dir: str, contract: ContractConfig | None = None,
+    split_names: dict[str, str] | None = None,
+) -> ManifestInfo:  # fmt: skip
+    """Scan the dataset's images into a manifest, splitting by sha256 if it has no splits (a
+    test split carved when it has train and val only); only the contract's formats and sizes
+    are read."""
+    info = build_manifest(version.images_root, split, Path(out_dir), contract, split_names)
     get_run_logger().info(
         "manifest: %d files, classes %s, splits %s (from %s)",
         info.nfiles, info.classes, info.per_split, info.split_source,

@@ -28,6 +28,8 @@ from tlops.rules import (
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
+#: Folder names read as a split by default, besides the split names themselves.
+DEFAULT_SPLIT_NAMES: dict[str, Split] = {"validation": "val", "valid": "val"}
 
 ImageFormat = Literal["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"]
 
@@ -73,6 +75,24 @@ class DataConfig(_Section):
         description="label budget: train on at most this many images per class (the first by "
         "path); null = all",
     )  # fmt: skip
+    split_names: dict[str, Split] = Field(
+        default_factory=lambda: dict(DEFAULT_SPLIT_NAMES),
+        description="top folder names read as a split, besides train / val / test: "
+        "validation and valid (Keras tutorials, Kaggle, Roboflow) are val by default; add "
+        "your own, e.g. {dev: val, holdout: test}. Without a test folder, a stratified test "
+        "split is carved out of val (or train when val is small) by sha256",
+    )
+
+    @field_validator("split_names")
+    @classmethod
+    def _folder_names(cls, value: dict[str, str]) -> dict[str, str]:
+        """Plain folder names; train / val / test always mean themselves."""
+        for name, split in value.items():
+            if not name or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"{name!r}: a folder name (no '/', not hidden)")
+            if name in SPLITS and split != name:
+                raise ValueError(f"{name!r} always means the {name} split")
+        return value
 
     @field_validator("subdir")
     @classmethod

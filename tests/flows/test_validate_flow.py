@@ -183,3 +183,18 @@ def test_without_an_api_a_flow_command_starts_its_own_early_and_leaves_nothing_r
             if proc.environ().get("PREFECT_HOME") == home:
                 left.append(proc.info["cmdline"])
     assert left == []
+
+
+def test_a_train_validation_layout_without_test_validates_with_a_carved_test(
+    repo: Path, cli
+) -> None:
+    import shutil
+
+    data = repo / "data"
+    (data / "val").rename(data / "validation")  # the Keras-tutorial / Kaggle layout
+    shutil.rmtree(data / "test")
+    commit_data(repo, "train + validation only")
+    code, output = cli(["validate", SMOKE, "--set", f"data.repo={repo}"])
+    assert code == 0, output
+    assert "data contract passed" in output
+    assert "splits from folders; test carved from train by sha256" in output

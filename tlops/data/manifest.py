@@ -17,7 +17,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import IO, Any
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tlops.config import PILLOW_MAX_PIXELS, SPLITS, ContractConfig
+from tlops.config import DEFAULT_SPLIT_NAMES, PILLOW_MAX_PIXELS, SPLITS, ContractConfig
 from tlops.data.inputs import (
     DECODE_ERRORS,
     MAX_DECODE_THREADS,
@@ -56,6 +56,12 @@ class Layout:
 
     split_folders: bool
     classes: dict[str, list[str]] = field(default_factory=dict)  # split ("" if none) -> classes
+    #: top folder name -> the split it holds (``validation`` -> ``val``), for the folders found
+    folders: dict[str, str] = field(default_factory=dict)
+
+    def split_of(self, folder: str) -> str:
+        """The split a top folder holds: its mapped name, else the folder's own name."""
+        return self.folders.get(folder, folder)
 
 
 @dataclass(frozen=True)
@@ -97,18 +103,27 @@ def _subfolders(folder: Path) -> list[Path]:
         return []
 
 
-def detect_layout(root: Path) -> Layout:
-    """Tell the split-folder layout from the class-folder one and list class folders."""
+def detect_layout(root: Path, split_names: Mapping[str, str] | None = None) -> Layout:
+    """Tell the split-folder layout from the class-folder one and list class folders.
+
+    ``split_names``: top folder names that hold a split besides train / val / test (default
+    :data:`DEFAULT_SPLIT_NAMES`: ``validation`` and ``valid`` are val). Classes are listed
+    under the split each folder holds.
+    """
     if not root.is_dir():
         raise DataError(f"{one_line(root)}: data folder not found")
+    names = {**(DEFAULT_SPLIT_NAMES if split_names is None else split_names)}
+    names.update({split: split for split in SPLITS})
     top = _subfolders(root)
-    split_folders = any(p.name in SPLITS for p in top)
-    if not split_folders:
+    folders = {p.name: names[p.name] for p in top if p.name in names}
+    if not folders:
         return Layout(False, {"": [_shown(p.name) for p in top]})
     classes: dict[str, list[str]] = {}
     for split_dir in top:
-        classes[_shown(split_dir.name)] = [_shown(p.name) for p in _subfolders(split_dir)]
-    return Layout(True, classes)
+        split = folders.get(split_dir.name, _shown(split_dir.name))
+        found = [_shown(p.name) for p in _subfolders(split_dir)]
+        classes[split] = sorted({*classes.get(split, []), *found})
+    return Layout(True, classes, folders)
 
 
 def _entry(root: Path, abspath: Path, layout: Layout, walk_error: str = "") -> _Entry:
@@ -117,7 +132,7 @@ def _entry(root: Path, abspath: Path, layout: Layout, walk_error: str = "") -> _
     problems = [p for p in map(name_problem, parts) if p is not None]
     shown = [_shown(p) for p in parts]
     if layout.split_folders:
-        split = shown[0] if len(parts) > 1 else ""
+        split = layout.split_of(shown[0]) if len(parts) > 1 else ""
         label = shown[1] if len(parts) == 3 else ""
     else:
         split = ""
@@ -264,13 +279,18 @@ def _decode(
 
 
 def scan(
-    root: Path, workers: int | None = None, limits: Limits | None = None
+    root: Path,
+    workers: int | None = None,
+    limits: Limits | None = None,
+    split_names: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, Layout]:
-    """Build the manifest of ``root`` in parallel; rows are sorted by path.
+    """Build the manifest of ``root`` in parallel; rows are sorted by path, which stays each
+    file's own relative path (``validation/cat/1.jpg``, in split ``val``).
 
-    ``limits``: what may be read (default: every supported format, the default size limits).
+    ``limits``: what may be read (default: every supported format, the default size limits);
+    ``split_names``: see :func:`detect_layout`.
     """
-    layout = detect_layout(root)
+    layout = detect_layout(root, split_names)
     entries = list(_walk(root, layout))
     workers = workers or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
     with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:

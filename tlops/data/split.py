@@ -47,3 +47,41 @@ def assign_splits(manifest: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
             decided[sha] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
     out["split"] = [decided.get(s, "") if isinstance(s, str) else "" for s in out["sha256"]]
     return out
+
+
+#: Carving a test split out of val needs this many val images in every class (half each).
+MIN_VAL_PER_CLASS_TO_CARVE = 4
+
+
+def carve_test(manifest: pd.DataFrame, config: SplitConfig) -> tuple[pd.DataFrame, str]:
+    """A test split for a dataset with train and val folders but no test: a copy of
+    ``manifest`` with some rows moved to ``test``, and the split they came from.
+
+    From val when every class has at least :data:`MIN_VAL_PER_CLASS_TO_CARVE` val images:
+    half of each class (rounded down), so val and test are alike; otherwise from train, a
+    ``test_fraction`` of the whole dataset, stratified the same way. Within a class, images
+    are taken in the seeded order of their sha256 (as :func:`assign_splits` does), so the
+    carve is the same on every run and machine, and all copies of an image move together.
+    """
+    out = manifest.copy()
+    usable = out[(out["label"] != "") & out["sha256"].notna()]
+    val = usable[usable["split"] == "val"]
+    per_class = val.drop_duplicates("sha256").groupby("label").size()
+    classes = sorted(usable[usable["split"] == "train"]["label"].unique())
+    enough = bool(len(per_class)) and all(
+        per_class.get(c, 0) >= MIN_VAL_PER_CLASS_TO_CARVE for c in classes
+    )
+    source = "val" if enough else "train"
+    pool = usable[usable["split"] == source].sort_values(["sha256", "label"])
+    first = pool.drop_duplicates("sha256")
+    share = 0.5 if enough else config.test_fraction * len(usable) / max(1, len(first))
+    moved: set[str] = set()
+    for _label, group in first.groupby("label", sort=True):
+        shas = sorted(group["sha256"], key=lambda s: _rank_key(s, config.seed))
+        n_test = int(len(shas) * share) if enough else round(len(shas) * min(share, 0.5))
+        if len(shas) >= 2:
+            n_test = min(max(n_test, 1), len(shas) - 1)  # each class keeps one and gives one
+        moved.update(shas[:n_test])
+    in_source = out["split"] == source
+    out.loc[in_source & out["sha256"].isin(moved), "split"] = "test"
+    return out, source

@@ -162,7 +162,9 @@ def version_test_images(info: registry.VersionInfo, cfg: RunConfig, work: Path) 
     from tlops.jobs.validate import build_manifest
 
     data = resolve_data(cfg.data)
-    manifest = build_manifest(data.images_root, cfg.split, work / "manifest", cfg.contract)
+    manifest = build_manifest(
+        data.images_root, cfg.split, work / "manifest", cfg.contract, cfg.data.split_names
+    )
     expected = info.tags.get("data.manifest")
     if expected and manifest.digest != expected:
         raise DataError(

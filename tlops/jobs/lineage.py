@@ -10,7 +10,8 @@ from tlops.errors import TlopsError
 EXPORT_PREFIX = "export."
 #: Version tags that make up the lineage card, in the order it prints them.
 CARD_SECTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest"),
+    "data": ("data.md5", "data.nfiles", "data.rev", "data.remote", "data.dirty", "data.manifest",
+             "data.split"),
     "backbone": ("backbone", "backbone.weights", "backbone.weights_kind",
                  "backbone.weights_sha256", "backbone.model_version", "backbone.lineage"),
     "code": ("git.commit", "git.dirty", "git.diff_sha256", "lock.sha256", "code.sha256"),

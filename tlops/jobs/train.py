@@ -401,6 +401,7 @@ def open_run(ctx: RunContext) -> str:
     tags = {
         **run_tags(cfg, ctx.data, ctx.flow_run_id, ctx.policy), "tlops.trigger": ctx.trigger,
         "data.manifest": ctx.manifest.digest,  # the files, labels and splits it was trained on
+        "data.split": ctx.manifest.split_source,  # folders, sha256, or a carved test split
     }  # fmt: skip
     run_id = tracking.start_run(cfg.name, run_name(ctx), cfg.flat(), tags)
     tracking.log_dataset(run_id, ctx.data, ctx.manifest.digest, context="train")

@@ -1,12 +1,14 @@
 """Stages 2 and 3 of the train flow as two domain steps that read and write files.
 
-``build_manifest`` scans a dataset, assigns splits when it has no split folders, and writes the
+``build_manifest`` scans a dataset, assigns splits when it has no split folders (and carves a
+test split when it has train and val folders only), and writes the
 manifest and class counts; ``check_contract`` runs the GX contract on them and writes the
 report. Both return small pydantic values, which is what Prefect tasks pass around.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -14,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from tlops.config import ContractConfig, SplitConfig
 from tlops.data.contract import ContractResult, render_markdown, run_contract
-from tlops.data.manifest import Limits, class_counts, manifest_digest, scan
-from tlops.data.split import assign_splits
+from tlops.data.manifest import Layout, Limits, class_counts, manifest_digest, scan
+from tlops.data.split import assign_splits, carve_test
 from tlops.data.version import DataVersion
 from tlops.safetext import one_line
 
@@ -30,7 +32,7 @@ class ManifestInfo(BaseModel):
     counts_path: str
     nfiles: int
     digest: str
-    split_source: str  # "folders" or "sha256"
+    split_source: str  # "folders", "sha256" or "folders; test carved from val by sha256"
     classes: list[str]
     per_split: dict[str, int]
 
@@ -49,20 +51,31 @@ class ContractVerdict(BaseModel):
 
 
 def build_manifest(
-    images_root: Path, split: SplitConfig, out_dir: Path, contract: ContractConfig | None = None
+    images_root: Path,
+    split: SplitConfig,
+    out_dir: Path,
+    contract: ContractConfig | None = None,
+    split_names: Mapping[str, str] | None = None,
 ) -> ManifestInfo:
     """Scan ``images_root`` into ``out_dir/manifest.{parquet,csv}`` and ``class_counts.parquet``.
 
-    ``contract``: whose formats and size limits bound what is read (default: its defaults).
+    ``contract``: whose formats and size limits bound what is read (default: its defaults);
+    ``split_names``: folder names read as splits (``data.split_names``; default: validation
+    and valid are val).
 
     1. scan the files in parallel;
-    2. assign splits by sha256 when the folder has none of its own;
+    2. assign splits by sha256 when the folder has none of its own; carve a test split out of
+       val (or train) when it has train and val but no test (:func:`carve_test`);
     3. count images per split and class (empty class folders count as zero).
     """
-    manifest, layout = scan(images_root, limits=Limits.of(contract or ContractConfig()))
+    limits = Limits.of(contract or ContractConfig())
+    manifest, layout = scan(images_root, limits=limits, split_names=split_names)
     split_source = "folders" if layout.split_folders else "sha256"
     if not layout.split_folders:
         manifest = assign_splits(manifest, split)
+    elif needs_test(manifest, layout):
+        manifest, carved_from = carve_test(manifest, split)
+        split_source = f"folders; test carved from {carved_from} by sha256"
     counts = class_counts(manifest, layout)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -81,6 +94,13 @@ def build_manifest(
         classes=sorted(counts["label"].unique().tolist()),
         per_split={str(k): int(v) for k, v in manifest["split"].value_counts().items()},
     )
+
+
+def needs_test(manifest: pd.DataFrame, layout: Layout) -> bool:
+    """Split folders with labelled train and val images, and no test folder at all (an empty
+    one is the data's own: the contract reports it)."""
+    present = set(manifest[manifest["label"] != ""]["split"])
+    return {"train", "val"} <= present and "test" not in layout.classes
 
 
 def check_contract(
