@@ -2,7 +2,8 @@
 
 Per dataset (``flowers128`` at 128 px, ``facemask256`` at 160 px, from ``$TLOPS_ASSETS``), in one
 run on one stratified split (made by tlops' own split by sha256: val 20 %, test 20 %; exact
-duplicate files dropped first, since tlops' contract refuses them):
+duplicate files dropped first, then the later file of each near-duplicate pair, since tlops'
+contract refuses both):
 
 - ``recipe``: the tutorial's recipe as a plain Keras script (tf.data from the files, resize,
   RandomFlip("horizontal") + RandomRotation(0.2), MobileNetV2 frozen, GAP, dropout 0.2, Adam
@@ -104,7 +105,8 @@ def sha256(path: Path) -> str:
 
 def lay_out(source: Path, data: Path, per_class: int | None) -> Json:
     """Copy ``source/<class>/*`` into ``data/{train,val,test}/<class>/`` by tlops' own split
-    (stratified by sha256, val 20 %, test 20 %), dropping exact duplicates (first path kept)."""
+    (stratified by sha256, val 20 %, test 20 %), dropping exact duplicates (first path kept)
+    and the later split's file of each near-duplicate pair (:func:`near_copies`)."""
     from tlops.config import SplitConfig
     from tlops.data.split import assign_splits
 
@@ -128,14 +130,39 @@ def lay_out(source: Path, data: Path, per_class: int | None) -> Json:
 
     split = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=0)
     frame = pd.DataFrame(rows, columns=["path", "label", "sha256"])
-    splits = assign_splits(frame, split)["split"].tolist()
+    frame["split"] = assign_splits(frame, split)["split"]
+    near = near_copies(source, frame)
     counts: dict[str, int] = {}
-    for (rel, _, _), name in zip(rows, splits, strict=True):
+    for rel, name in zip(frame["path"], frame["split"], strict=True):
+        if rel in near:
+            continue
         target = data / name / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, target)
         counts[name] = counts.get(name, 0) + 1
-    return {"images": len(rows), "duplicates_dropped": dropped, "per_split": counts}
+    return {
+        "images": len(rows) - len(near), "duplicates_dropped": dropped,
+        "near_duplicates_dropped": len(near), "per_split": counts,
+    }  # fmt: skip
+
+
+def near_copies(source: Path, frame: Any) -> set[str]:
+    """The later split's file of every near-duplicate pair across splits (tlops' contract
+    refuses them, at its default distance): dropped, as exact duplicates are."""
+    from PIL import Image
+
+    from tlops.config import ContractConfig
+    from tlops.data.near_duplicates import near_pairs, perceptual_hash
+
+    hashes = []
+    for rel in frame["path"]:
+        with Image.open(source / rel) as img:
+            hashes.append(perceptual_hash(img))
+    frame = frame.assign(phash=hashes)
+    distance = ContractConfig().near_duplicate_distance
+    if distance is None:
+        return set()
+    return set(near_pairs(frame, distance, ("train", "val", "test"))["path"])
 
 
 def split_files(data: Path, name: str) -> tuple[list[str], list[int], list[str]]:

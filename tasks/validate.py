@@ -40,7 +40,9 @@ def check_contract_task(
     info: ManifestInfo, config: ContractConfig, version: DataVersion, out_dir: str
 ) -> ContractVerdict:
     """Run the data contract; publish its report as a Prefect artifact."""
-    verdict = check_contract(info, config, Path(out_dir), version_facts(version))
+    verdict = check_contract(
+        info, config, Path(out_dir), version_facts(version), version.images_root
+    )
     create_markdown_artifact(
         markdown=verdict.markdown,
         key="data-contract",

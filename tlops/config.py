@@ -143,6 +143,12 @@ class ContractConfig(_Section):
         description="convert: any mode Pillow can turn into RGB passes; reject: only allowed_modes",
     )
     allowed_modes: list[str] = Field(default_factory=lambda: ["RGB", "L"], min_length=1)
+    near_duplicate_distance: int | None = Field(
+        6, ge=0, le=32,
+        description="images in different splits whose perceptual hashes (64-bit pHash) differ "
+        "in at most this many bits are near duplicates (resized, re-encoded, slightly cropped "
+        "or brightened copies): the contract fails naming both files; null = no such rule",
+    )  # fmt: skip
     classes: list[str] | None = Field(None, description="the exact class set; null = as found")
     min_classes: int = Field(2, ge=2)
     min_images_per_class: dict[Split, int] = Field(

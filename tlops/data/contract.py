@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from tlops.config import CONVERTIBLE_MODES, SPLITS, ContractConfig
+from tlops.data.near_duplicates import near_pairs
 from tlops.safetext import md_cell, md_code, metric_key, one_line
 
 #: How many offending files a one-line message names before "and N more".
@@ -37,11 +38,13 @@ class ExpectationResult:
 
 @dataclass(frozen=True)
 class ContractResult:
-    """The verdict of the whole contract, plus the raw GX results."""
+    """The verdict of the whole contract, plus the raw GX results and the near-duplicate
+    pairs found (``path``, ``other``, ``distance``; for the report's thumbnails)."""
 
     success: bool
     rules: list[ExpectationResult]
     gx_results: list[dict[str, Any]]
+    near_pairs: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[ExpectationResult]:
@@ -86,6 +89,25 @@ def add_leakage_column(manifest: pd.DataFrame) -> pd.DataFrame:
     unread = out["sha256"].isna()
     out.loc[unread, "sha256"] = "not read: " + out.loc[unread, "path"]
     return out
+
+
+def add_near_duplicate_column(
+    manifest: pd.DataFrame, config: ContractConfig
+) -> tuple[pd.DataFrame, list[tuple[str, str, int]]]:
+    """Add ``near_duplicate``: for the file of the later split of each near-duplicate pair
+    (val or test), its closest partner and their distance ("" for every other file); and
+    the pairs."""
+    out = manifest.copy()
+    out["near_duplicate"] = ""
+    if config.near_duplicate_distance is None:
+        return out, []
+    pairs = near_pairs(manifest, config.near_duplicate_distance, SPLITS)
+    closest = pairs.drop_duplicates("path")
+    shown = dict(zip(closest["path"], closest["other"] + " (distance "
+                     + closest["distance"].astype(str) + " bits)", strict=True))  # fmt: skip
+    out["near_duplicate"] = out["path"].map(shown).fillna("")
+    found = [(str(a), str(b), int(d)) for a, b, d in pairs[["path", "other", "distance"]].values]
+    return out, found
 
 
 def add_limit_columns(manifest: pd.DataFrame, config: ContractConfig) -> pd.DataFrame:
@@ -183,6 +205,12 @@ def _manifest_rules(config: ContractConfig) -> list[tuple[str, str, Any]]:
         ("leakage", "no identical images (sha256) across splits",
          gxe.ExpectColumnValuesToBeBetween(column="splits_with_same_image", max_value=1)),
     ]  # fmt: skip
+    if config.near_duplicate_distance is not None:
+        rules.append(
+            ("near_duplicate", "no near-identical images across splits (perceptual hashes at"
+             f" most {config.near_duplicate_distance} bits apart)",
+             gxe.ExpectColumnValuesToBeInSet(column="near_duplicate", value_set=[""]))
+        )  # fmt: skip
     if config.classes is not None:
         rules.append(
             ("class_set", f"labels in {config.classes}",
@@ -219,6 +247,8 @@ def _count_rules(config: ContractConfig) -> list[tuple[str, str, Any]]:
 def _offender(row: dict[str, Any], keys: list[str]) -> str:
     """A readable name for one unexpected row: its path (and why), or its split/class."""
     if "path" in row:
+        if row.get("near_duplicate"):  # both files of the pair
+            return f"{row['path']} ~ {row['near_duplicate']}"
         return f"{row['path']} ({row['error']})" if row.get("error") else str(row["path"])
     return "/".join(str(row.get(k, "")) for k in keys)
 
@@ -277,9 +307,11 @@ def run_contract(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.data_sources.add_pandas("tlops")
-    files = add_leakage_column(add_limit_columns(manifest, config))
+    files, pairs = add_near_duplicate_column(
+        add_leakage_column(add_limit_columns(manifest, config)), config
+    )
     file_rules, file_raw = _run_suite(
-        context, "manifest", files, _manifest_rules(config), ["path", "error"]
+        context, "manifest", files, _manifest_rules(config), ["path", "error", "near_duplicate"]
     )
     count_rules, count_raw = _run_suite(
         context,
@@ -289,7 +321,7 @@ def run_contract(
         ["split", "label"],
     )
     rules = file_rules + count_rules
-    return ContractResult(all(r.success for r in rules), rules, [file_raw, count_raw])
+    return ContractResult(all(r.success for r in rules), rules, [file_raw, count_raw], pairs)
 
 
 def render_markdown(result: ContractResult, title: str, facts: dict[str, str]) -> str:

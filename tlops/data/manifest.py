@@ -36,12 +36,13 @@ from tlops.data.inputs import (
     open_image,
     strict_decoding,
 )
+from tlops.data.near_duplicates import perceptual_hash
 from tlops.errors import DataError
 from tlops.safetext import escape, name_problem, one_line
 
 COLUMNS = [
     "path", "split", "label", "format", "mode", "width", "height", "channels", "bit_depth",
-    "bytes", "sha256", "decodable", "error", "symlink", "inside_root", "name_ok",
+    "bytes", "sha256", "decodable", "error", "symlink", "inside_root", "name_ok", "phash",
 ]  # fmt: skip
 
 #: Names that are never data: VCS and OS leftovers.
@@ -188,7 +189,7 @@ def read_entry(entry: _Entry, root: Path, limits: Limits | None = None) -> dict[
         "path": entry.relpath, "split": entry.split, "label": entry.label, "format": None,
         "mode": None, "width": None, "height": None, "channels": None, "bit_depth": None,
         "bytes": None, "sha256": None, "decodable": None, "error": "", "symlink": False,
-        "inside_root": True, "name_ok": not entry.name_error,
+        "inside_root": True, "name_ok": not entry.name_error, "phash": None,
     }  # fmt: skip
     if entry.name_error or entry.walk_error:
         row["error"] = entry.name_error or entry.walk_error
@@ -238,8 +239,8 @@ def _decode(
     formats: Sequence[str] = SUPPORTED_FORMATS,
     max_pixels: int = PILLOW_MAX_PIXELS,
 ) -> dict[str, Any]:
-    """Fully decode an image (bytes, or an open binary file); report its format, mode, size
-    and channel count.
+    """Fully decode an image (bytes, or an open binary file); report its format, mode, size,
+    channel count and perceptual hash (``phash``, for the near-duplicate rule).
 
     Only ``formats`` are handed to Pillow. An image over ``max_pixels`` (or Pillow's own
     limit) keeps the format and size of its header and is never decoded (``decodable``
@@ -260,6 +261,7 @@ def _decode(
         with open_image(fp, formats, max_pixels) as img:
             img.load()
             channels = len(img.getbands())
+            phash = perceptual_hash(img)
     except UnidentifiedImageError:
         allowed = ", ".join(formats)
         error = f"not an image Pillow can identify (allowed formats: {allowed})"
@@ -274,7 +276,7 @@ def _decode(
                 "error": f"cannot decode: {one_line(exc)}"}  # fmt: skip
     return {
         **header, "decodable": True, "channels": channels,
-        "bit_depth": _BIT_DEPTH.get(header["mode"], 8),
+        "bit_depth": _BIT_DEPTH.get(header["mode"], 8), "phash": phash,
     }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from tlops.config import ContractConfig, SplitConfig
 from tlops.data.contract import ContractResult, render_markdown, run_contract
 from tlops.data.manifest import Layout, Limits, class_counts, manifest_digest, scan
+from tlops.data.near_duplicates import SHEET_PAIRS, pair_sheet
 from tlops.data.split import assign_splits, carve_test
 from tlops.data.version import DataVersion
 from tlops.safetext import one_line
@@ -104,9 +105,12 @@ def needs_test(manifest: pd.DataFrame, layout: Layout) -> bool:
 
 
 def check_contract(
-    info: ManifestInfo, config: ContractConfig, out_dir: Path, facts: dict[str, str]
-) -> ContractVerdict:
-    """Run the GX contract on a written manifest; write ``contract.md`` and ``contract.json``."""
+    info: ManifestInfo, config: ContractConfig, out_dir: Path, facts: dict[str, str],
+    images_root: Path | None = None,
+) -> ContractVerdict:  # fmt: skip
+    """Run the GX contract on a written manifest; write ``contract.md`` and ``contract.json``,
+    and, when near duplicates were found and ``images_root`` is given, ``near_duplicates.png``
+    (the pairs side by side), which the report shows."""
     manifest = pd.read_parquet(info.manifest_path)
     counts = pd.read_parquet(info.counts_path)
     result: ContractResult = run_contract(manifest, counts, config)
@@ -115,6 +119,13 @@ def check_contract(
     as_json = out_dir / "contract.json"
     facts = {**facts, "files": str(info.nfiles), "classes": ", ".join(info.classes)}
     markdown = render_markdown(result, "Image data contract", facts)
+    sheet = out_dir / "near_duplicates.png"
+    if images_root is not None and pair_sheet(images_root, result.near_pairs, sheet):
+        shown = min(len(result.near_pairs), SHEET_PAIRS)
+        markdown += (
+            f"\n## near duplicates: {len(result.near_pairs)} pairs (first {shown} below)\n\n"
+            f"![near-duplicate pairs, later split first]({sheet.name})\n"
+        )
     report.write_text(markdown, encoding="utf-8")
     as_json.write_text(result.to_json(), encoding="utf-8")
     return ContractVerdict(

@@ -463,7 +463,7 @@ def test_newline_and_pipe_in_a_name_cannot_forge_report_rows(tmp_path: Path) -> 
     assert_fails(verdict, {"file_name"}, [escaped, "control characters"])
     assert "\n" not in verdict.message
     rows = table_rows(verdict.markdown)
-    assert len(rows) == 2 + 17  # header, separator, one row per rule: nothing forged
+    assert len(rows) == 2 + 18  # header, separator, one row per rule: nothing forged
     assert all(unescaped_pipes(row) == 5 for row in rows), rows
 
 

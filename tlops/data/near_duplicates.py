@@ -1,0 +1,143 @@
+"""Near-duplicate images across splits: perceptual hashes per image and the pairs within a
+Hamming distance.
+
+A resized, re-encoded, brightened or slightly cropped copy of a training image in the test
+split has another sha256 but nearly the same perceptual hash (``imagehash.phash``: the signs
+of the low frequencies of a 32x32 grey DCT, 64 bits). A crop moves those frequencies, so each
+image also gets the hashes of its central 94 % and 86 %: a copy cropped by a few percent per
+side hashes like one of those. :func:`near_pairs` compares the whole-image hashes of one split
+with all hashes of the others and back (vectorized XOR and popcount, in chunks), and keeps the
+pairs at most ``max_distance`` bits apart; exact copies are the ``leakage`` rule's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Images are reduced to at least this side before hashing (the hash itself looks at 32x32).
+HASH_INPUT_SIDE = 64
+#: Central crops hashed besides the whole image (fractions of width and height kept).
+CENTER_CROPS = (0.94, 0.86)
+#: Rows of one split compared at a time against another (keeps temporaries in cache).
+CHUNK = 64
+
+
+def _phash(gray: Any) -> str:
+    import imagehash
+
+    return str(imagehash.phash(gray))
+
+
+def perceptual_hash(img: Any) -> str | None:
+    """The 64-bit pHashes of a decoded Pillow image and of its central crops, as
+    ``"whole,crop94,crop86"`` (16 hex digits each); None if they cannot be made."""
+    try:
+        gray = img.convert("L")
+        factor = max(1, min(gray.size) // HASH_INPUT_SIDE)
+        if factor > 1:  # a box reduction first: the hash's own resize then costs nothing
+            gray = gray.reduce(factor)
+        hashes = [_phash(gray)]
+        width, height = gray.size
+        for keep in CENTER_CROPS:
+            dx, dy = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
+            hashes.append(_phash(gray.crop((dx, dy, width - dx, height - dy))))
+        return ",".join(hashes)
+    except (OSError, ValueError):
+        return None
+
+
+def _as_ints(hashes: pd.Series, index: int) -> np.ndarray:
+    """The ``index``-th hash of each row (0: whole image) as unsigned 64-bit integers."""
+    return np.array([int(h.split(",")[index], 16) for h in hashes], dtype=np.uint64)
+
+
+def hamming_pairs(
+    left: np.ndarray, right: np.ndarray, max_distance: int
+) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for every ``left[i]``, ``right[j]`` at most ``max_distance`` bits apart."""
+    found: list[tuple[int, int, int]] = []
+    if not len(left) or not len(right):
+        return found
+    for start in range(0, len(left), CHUNK):
+        block = np.bitwise_count(left[start : start + CHUNK, None] ^ right[None, :])
+        rows, cols = np.nonzero(block <= max_distance)
+        found += [
+            (start + int(i), int(j), int(block[i, j])) for i, j in zip(rows, cols, strict=True)
+        ]
+    return found
+
+
+def _closest(a: pd.DataFrame, b: pd.DataFrame, max_distance: int) -> dict[tuple[int, int], int]:
+    """Smallest distance of every (row of ``a``, row of ``b``) pair within ``max_distance``:
+    whole image against whole image, and each whole image against the other's crops."""
+    best: dict[tuple[int, int], int] = {}
+    whole_a, whole_b = _as_ints(a["phash"], 0), _as_ints(b["phash"], 0)
+    comparisons = [(whole_a, whole_b, False)]
+    for k in range(1, len(CENTER_CROPS) + 1):
+        comparisons += [(whole_a, _as_ints(b["phash"], k), False)]
+        comparisons += [(whole_b, _as_ints(a["phash"], k), True)]
+    for left, right, swapped in comparisons:
+        for i, j, d in hamming_pairs(left, right, max_distance):
+            key = (j, i) if swapped else (i, j)
+            best[key] = min(d, best.get(key, d))
+    return best
+
+
+def near_pairs(manifest: pd.DataFrame, max_distance: int, splits: tuple[str, ...]) -> pd.DataFrame:
+    """Pairs of images in different ``splits`` whose perceptual hashes are at most
+    ``max_distance`` apart and whose bytes differ: ``path``, ``split`` (the later split's file),
+    ``other``, ``other_split`` and ``distance``, closest first."""
+    columns = ["path", "split", "other", "other_split", "distance"]
+    if "phash" not in manifest:
+        return pd.DataFrame(columns=columns)
+    known = manifest[manifest["phash"].notna() & manifest["split"].isin(splits)]
+    by_split = {s: known[known["split"] == s].reset_index(drop=True) for s in splits}
+    rows = []
+    for i, later in enumerate(splits):
+        for earlier in splits[:i]:
+            a, b = by_split[later], by_split[earlier]
+            for (x, y), d in _closest(a, b, max_distance).items():
+                if a.at[x, "sha256"] == b.at[y, "sha256"]:
+                    continue  # an exact copy: the leakage rule names it
+                rows.append((a.at[x, "path"], later, b.at[y, "path"], earlier, d))
+    pairs = pd.DataFrame(rows, columns=columns)
+    return pairs.sort_values(["distance", "path", "other"], ignore_index=True)
+
+
+#: Pairs shown on the thumbnail sheet, and the side of each thumbnail in pixels.
+SHEET_PAIRS = 25
+THUMB = 96
+
+
+def pair_sheet(root: Any, pairs: list[tuple[str, str, int]], out: Any) -> Any:
+    """A PNG of the first :data:`SHEET_PAIRS` pairs, one row each: the later split's file, its
+    partner, and both paths with the distance underneath; ``out``, or None if none could be
+    drawn (files that cannot be opened are drawn grey)."""
+    from PIL import Image, ImageDraw
+
+    from tlops.data.inputs import load_image
+
+    shown = pairs[:SHEET_PAIRS]
+    if not shown:
+        return None
+    row_height, width = THUMB + 28, 2 * THUMB + 3 * 8 + 420
+    sheet = Image.new("RGB", (width, row_height * len(shown)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (path, other, distance) in enumerate(shown):
+        y = i * row_height
+        for j, rel in enumerate((path, other)):
+            try:
+                pixels = load_image(root / rel, THUMB).astype("uint8")
+                thumb = Image.fromarray(pixels)
+            except Exception:  # a file that cannot be drawn is a grey square, the sheet goes on
+                thumb = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+            sheet.paste(thumb, (8 + j * (THUMB + 8), y + 4))
+        x = 2 * THUMB + 3 * 8
+        draw.text((x, y + 10), path[:70], fill="black")
+        draw.text((x, y + 30), f"~ {other[:68]}", fill="black")
+        draw.text((x, y + 50), f"{distance} bits apart", fill=(160, 0, 0))
+    sheet.save(out, format="PNG")
+    return out
