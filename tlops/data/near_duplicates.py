@@ -99,10 +99,12 @@ def near_pairs(manifest: pd.DataFrame, max_distance: int, splits: tuple[str, ...
     for i, later in enumerate(splits):
         for earlier in splits[:i]:
             a, b = by_split[later], by_split[earlier]
+            sha_a, sha_b = a["sha256"].tolist(), b["sha256"].tolist()
+            path_a, path_b = a["path"].tolist(), b["path"].tolist()
             for (x, y), d in _closest(a, b, max_distance).items():
-                if a.at[x, "sha256"] == b.at[y, "sha256"]:
+                if sha_a[x] == sha_b[y]:
                     continue  # an exact copy: the leakage rule names it
-                rows.append((a.at[x, "path"], later, b.at[y, "path"], earlier, d))
+                rows.append((path_a[x], later, path_b[y], earlier, d))
     pairs = pd.DataFrame(rows, columns=columns)
     return pairs.sort_values(["distance", "path", "other"], ignore_index=True)
 
