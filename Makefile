@@ -48,6 +48,7 @@ bench: setup  ## benchmarks that print JSON
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/recipe.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/scale.py
 
 ui:  ## the MLflow UI for the local store, on 127.0.0.1
 	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow/mlflow.db \
