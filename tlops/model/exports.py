@@ -73,7 +73,10 @@ class ExportReport(BaseModel):
         )
 
     def metrics(self) -> dict[str, float]:
-        """The export's figures as metrics a gate rule can name (``onnx_latency_ms_batch1``)."""
+        """The export's figures as metrics a gate rule can name (``onnx_latency_ms_batch1``);
+        none for an export that could not be made or run (a rule naming it then fails)."""
+        if self.error:
+            return {}
         return {
             f"{self.format}_size_mb": self.size_mb,
             f"{self.format}_latency_ms_batch1": self.latency_ms_batch1,

@@ -93,6 +93,7 @@ def test_a_converter_error_is_a_failed_report(images: np.ndarray, tmp_path: Path
     )
     assert not report.passed
     assert report.error.startswith("AttributeError") and "FAILED" in report.line()
+    assert report.metrics() == {}  # no figures a budget rule could pass on
 
 
 def test_parity_compares_argmax_and_the_largest_difference() -> None:
