@@ -505,7 +505,7 @@ def export(
         import tempfile
 
         from tlops.adapters.registry import parse_model_uri
-        from tlops.model.exports import FORMATS
+        from tlops.config import EXPORT_FORMATS as FORMATS
 
         chosen = [f.lower() for f in formats]
         unknown = [f for f in chosen if f not in FORMATS]

@@ -27,6 +27,9 @@ from tlops.rules import (
 )
 
 Split = Literal["train", "val", "test"]
+#: The export formats (``registry.exports``, ``tlops export --format``).
+ExportFormat = Literal["saved_model", "onnx", "litert"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("saved_model", "onnx", "litert")
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 #: Folder names read as a split by default, besides the split names themselves.
 DEFAULT_SPLIT_NAMES: dict[str, Split] = {"validation": "val", "valid": "val"}
@@ -460,7 +463,7 @@ class RegistryConfig(_Section):
     )
     champion_alias: str = Field("champion", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     previous_alias: str = Field("previous", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-    exports: list[Literal["saved_model", "onnx", "litert"]] = Field(
+    exports: list[ExportFormat] = Field(
         default_factory=list,
         description="formats exported before the gate and attached to the registered version "
         "(saved_model: TF Serving / Triton; onnx: onnxruntime; litert: mobile), each checked "

@@ -12,6 +12,7 @@ pairs at most ``max_distance`` bits apart; exact copies are the ``leakage`` rule
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,7 @@ SHEET_PAIRS = 25
 THUMB = 96
 
 
-def pair_sheet(root: Any, pairs: list[tuple[str, str, int]], out: Any) -> Any:
+def pair_sheet(root: Path, pairs: list[tuple[str, str, int]], out: Path) -> Path | None:
     """A PNG of the first :data:`SHEET_PAIRS` pairs, one row each: the later split's file, its
     partner, and both paths with the distance underneath; ``out``, or None if none could be
     drawn (files that cannot be opened are drawn grey)."""

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tlops.adapters import registry, tracking
-from tlops.config import RunConfig
+from tlops.config import ExportFormat, RunConfig
 from tlops.data.inputs import load_images, read_split
 from tlops.decision.gate import RuleResult
 from tlops.errors import DataError, GateRejectedError
 from tlops.jobs.context import RunContext
 from tlops.jobs.train import TrainSummary
-from tlops.model.exports import ExportFormat, ExportReport, export_and_check
+from tlops.model.exports import ExportReport, export_and_check
 
 EXPORTS_FOLDER = "exports"
 TAG_PREFIX = "export."
@@ -90,7 +89,7 @@ class ExportOutcome(BaseModel):
 
 def export_classifier(
     keras_file: Path,
-    meta: dict[str, Any],
+    binary: bool,
     images: np.ndarray,
     formats: list[ExportFormat],
     out: Path,
@@ -104,7 +103,6 @@ def export_classifier(
     from tlops.model.classifier import predict_batches, probabilities
 
     model = keras.models.load_model(keras_file, safe_mode=True)
-    binary = bool(meta["binary"])
 
     def to_probabilities(raw: np.ndarray) -> np.ndarray:
         return probabilities(raw, binary)
@@ -145,7 +143,7 @@ def export_run(ctx: RunContext, trained: TrainSummary) -> ExportOutcome:
     test = read_split(ctx.manifest.manifest_path, ctx.data.images_root, "test")
     images = load_images(test.paths, cfg.data.image_size, formats=test.formats)
     outcome = export_classifier(
-        Path(trained.model_path), {"binary": trained.binary}, images,
+        Path(trained.model_path), trained.binary, images,
         list(cfg.registry.exports), ctx.out / EXPORTS_FOLDER, cfg.registry.export_max_prob_diff,
         cfg.train.batch_size,
     )  # fmt: skip
@@ -191,7 +189,7 @@ def export_version(model_uri: str, formats: list[ExportFormat], work: Path) -> E
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         keras_file, meta = registry.model_files(registry.download_classifier(info, Path(tmp)))
         outcome = export_classifier(
-            keras_file, meta, images, formats, work / EXPORTS_FOLDER,
+            keras_file, bool(meta["binary"]), images, formats, work / EXPORTS_FOLDER,
             cfg.registry.export_max_prob_diff, cfg.train.batch_size,
         )  # fmt: skip
     if not outcome.passed:

@@ -14,15 +14,15 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from tlops.config import EXPORT_FORMATS, ExportFormat
 from tlops.safetext import one_line
 
-ExportFormat = Literal["saved_model", "onnx", "litert"]
-FORMATS: tuple[ExportFormat, ...] = ("saved_model", "onnx", "litert")
+FORMATS = EXPORT_FORMATS
 #: What Keras calls each format, and the file (or folder) name of each export.
 KERAS_FORMAT: dict[str, str] = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
 FILE_NAME: dict[str, str] = {

@@ -30,8 +30,7 @@ def test_export_outcome_metrics_checks_and_tags_and_attach(
     from mlflow import MlflowClient
 
     keras_file = brightness_model(tmp_path / "model.keras")
-    meta = {"binary": False}
-    outcome = export_classifier(keras_file, meta, images(), ["onnx"], tmp_path / "out", 1e-4)
+    outcome = export_classifier(keras_file, False, images(), ["onnx"], tmp_path / "out", 1e-4)
     assert outcome.passed, outcome.lines()
     (report,) = outcome.reports
     assert set(outcome.metrics()) == {
