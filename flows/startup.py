@@ -63,6 +63,10 @@ PRELOAD: dict[str, tuple[str, ...]] = {
         "tlops.model.classifier",
         "tlops.model.training",
         "tlops.model.metrics",
+        "sklearn.metrics",  # evaluation, and the label-error search before the first epoch
+        "sklearn.neighbors",
+        "sklearn.model_selection",
+        "cleanlab.filter",
     ),
     # the sweep's parent process: its trials train in Dask workers, each importing for itself
     "run_sweep": (*_DATA_STAGES, "mlflow"),

@@ -72,6 +72,7 @@ class TrainOutcome(BaseModel):
                 f"- device: {t.device}; feature cache: {t.feature_cache}",
                 *(f"- phase {name}: {path}" for name, path in t.phase_paths.items()),
                 *(f"- note: {note}" for note in t.notes),
+                *([f"- {t.label_review} (data/label_suspects/)"] if t.label_review else []),
                 *(f"- export {line}" for line in self.exports.lines()),
                 f"- MLflow run `{self.run_id}` at {self.tracking_uri}; model {self.model_uri}",
                 f"- **{self.promotion.line()}**",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tlops.adapters.tracking import shown_tracking_uri
@@ -35,13 +38,22 @@ def start_tracking_task(ctx: RunContext) -> str:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(ctx: RunContext) -> TrainSummary:
-    """Train the classifier, logging every epoch and system metrics to the run."""
+    """Train the classifier, logging every epoch and system metrics to the run; the suspected
+    label errors (found from the frozen features) become the ``label-suspects`` artifact."""
     trained = train_run(ctx)
     get_run_logger().info(
         "trained on %s: kept phase %s, best %s %s, feature cache %s",
         trained.device, trained.kept_phase, ctx.config.train.monitor, trained.phase_best,
         trained.feature_cache,
     )  # fmt: skip
+    if trained.label_review:
+        get_run_logger().info("%s", trained.label_review)
+    for path in trained.label_files:
+        if path.endswith(".md"):
+            create_markdown_artifact(
+                markdown=Path(path).read_text(encoding="utf-8"), key="label-suspects",
+                description=trained.label_review[:500],
+            )  # fmt: skip
     return trained
 
 

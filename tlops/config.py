@@ -152,6 +152,16 @@ class ContractConfig(_Section):
         "in at most this many bits are near duplicates (resized, re-encoded, slightly cropped "
         "or brightened copies): the contract fails naming both files; null = no such rule",
     )  # fmt: skip
+    label_suspects: int = Field(
+        24, ge=0,
+        description="training images most likely mislabeled shown in the report (confident "
+        "learning on out-of-fold predictions from the frozen features); 0 = no search",
+    )  # fmt: skip
+    max_label_error_fraction: float | None = Field(
+        None, gt=0, le=1,
+        description="the run stops (exit 3) when more than this share of the training images "
+        "look mislabeled; null = report only",
+    )  # fmt: skip
     classes: list[str] | None = Field(None, description="the exact class set; null = as found")
     min_classes: int = Field(2, ge=2)
     min_images_per_class: dict[Split, int] = Field(

@@ -74,6 +74,13 @@ def test_train_logs_a_complete_run(
     assert str(tmp_path / "remote") in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "training.json", "data", "plots", "evaluation"} <= artifacts
+    # the suspected label errors, from the frozen features: in the summary, metrics, artifacts
+    assert "- label errors: " in output and "training images" in output
+    assert 0.0 <= run.data.metrics["label_suspects_fraction"] <= 1.0
+    labels = {a.path for a in client.list_artifacts(run.info.run_id, "data/label_suspects")}
+    assert {"data/label_suspects/label_suspects.md", "data/label_suspects/label_suspects.csv"} <= (
+        labels
+    )
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {
         "plots/confusion_matrix.png", "plots/training_curves.png", "plots/misclassified.png"

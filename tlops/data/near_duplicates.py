@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tlops.data.sheets import SheetRow, draw_sheet
+
 #: Images are reduced to at least this side before hashing (the hash itself looks at 32x32).
 HASH_INPUT_SIDE = 64
 #: Central crops hashed besides the whole image (fractions of width and height kept).
@@ -110,37 +112,16 @@ def near_pairs(manifest: pd.DataFrame, max_distance: int, splits: tuple[str, ...
     return pairs.sort_values(["distance", "path", "other"], ignore_index=True)
 
 
-#: Pairs shown on the thumbnail sheet, and the side of each thumbnail in pixels.
+#: Pairs shown on the thumbnail sheet.
 SHEET_PAIRS = 25
-THUMB = 96
 
 
 def pair_sheet(root: Path, pairs: list[tuple[str, str, int]], out: Path) -> Path | None:
     """A PNG of the first :data:`SHEET_PAIRS` pairs, one row each: the later split's file, its
-    partner, and both paths with the distance underneath; ``out``, or None if none could be
-    drawn (files that cannot be opened are drawn grey)."""
-    from PIL import Image, ImageDraw
-
-    from tlops.data.inputs import load_image
-
-    shown = pairs[:SHEET_PAIRS]
-    if not shown:
-        return None
-    row_height, width = THUMB + 28, 2 * THUMB + 3 * 8 + 420
-    sheet = Image.new("RGB", (width, row_height * len(shown)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (path, other, distance) in enumerate(shown):
-        y = i * row_height
-        for j, rel in enumerate((path, other)):
-            try:
-                pixels = load_image(root / rel, THUMB).astype("uint8")
-                thumb = Image.fromarray(pixels)
-            except Exception:  # a file that cannot be drawn is a grey square, the sheet goes on
-                thumb = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
-            sheet.paste(thumb, (8 + j * (THUMB + 8), y + 4))
-        x = 2 * THUMB + 3 * 8
-        draw.text((x, y + 10), path[:70], fill="black")
-        draw.text((x, y + 30), f"~ {other[:68]}", fill="black")
-        draw.text((x, y + 50), f"{distance} bits apart", fill=(160, 0, 0))
-    sheet.save(out, format="PNG")
-    return out
+    partner, and both paths with the distance beside them; ``out``, or None if there is none
+    (files that cannot be opened are drawn grey)."""
+    rows = [
+        SheetRow(images=(path, other), lines=(path, f"~ {other}"), alert=f"{distance} bits apart")
+        for path, other, distance in pairs[:SHEET_PAIRS]
+    ]
+    return draw_sheet(root, rows, out)

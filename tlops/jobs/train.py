@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tlops.adapters import tracking
 from tlops.backbones import get_spec
 from tlops.config import RunConfig
 from tlops.data.inputs import SplitData, load_images, read_split
+from tlops.data.label_errors import LabelReview, review_labels, write_review
 from tlops.data.version import DataVersion
 from tlops.errors import ConfigError, DataError
 from tlops.jobs.context import RunContext
@@ -58,6 +60,10 @@ class TrainSummary(BaseModel):
     #: how clearly the kept phase won, in validation images (see ``kept_margin``)
     kept_margin: str = ""
     notes: list[str] = []
+    #: the label-error search: its line, its files (report, table, thumbnails), its metrics
+    label_review: str = ""
+    label_files: list[str] = []
+    label_metrics: dict[str, float] = {}
 
 
 class EvalSummary(BaseModel):
@@ -154,6 +160,56 @@ def _splits(
     return train, val
 
 
+class LabelErrorLimitError(DataError):
+    """More training images look mislabeled than ``contract.max_label_error_fraction``."""
+
+
+def label_check(
+    cfg: RunConfig, split: SplitData, images_root: Path, out_dir: Path, found: list[LabelReview]
+) -> Callable[[np.ndarray], None] | None:
+    """The ``on_features`` hook of training: rank the suspected label errors of ``split``
+    from its frozen features, write the review into ``out_dir`` (appended to ``found``), and
+    stop the run (exit 3) above ``contract.max_label_error_fraction``; None when the config
+    asks for neither a review nor a limit."""
+    contract = cfg.contract
+    limit = contract.max_label_error_fraction
+    if not contract.label_suspects and limit is None:
+        return None
+
+    def check(features: np.ndarray) -> None:
+        review = review_labels(
+            features, split.labels, split.classes, split.relpaths, contract.label_suspects,
+            cfg.train.seed,
+        )  # fmt: skip
+        write_review(review, images_root, out_dir)
+        found.append(review)
+        if limit is not None and (review.skipped or review.fraction > limit):
+            why = review.skipped or f"{review.fraction:.1%} is over {limit:.1%}"
+            raise LabelErrorLimitError(
+                f"{images_root}: contract.max_label_error_fraction: {why}. {review.line()} "
+                f"(report: {out_dir / 'label_suspects.md'})"
+            )
+
+    return check
+
+
+def review_facts(found: list[LabelReview], out_dir: Path) -> dict[str, Any]:
+    """The :class:`TrainSummary` fields of the label-error review, if there was one."""
+    if not found:
+        return {}
+    review = found[-1]
+    files = [out_dir / f"label_suspects.{ext}" for ext in ("md", "csv", "png")]
+    metrics = {} if review.skipped else {
+        "label_suspects_flagged": float(review.flagged),
+        "label_suspects_fraction": round(review.fraction, 4),
+    }  # fmt: skip
+    return {
+        "label_review": review.line(),
+        "label_files": [str(f) for f in files if f.is_file()],
+        "label_metrics": metrics,
+    }
+
+
 def train_model(
     cfg: RunConfig, data: DataVersion, manifest: ManifestInfo, run_dir: Path, run_id: str | None
 ) -> TrainSummary:
@@ -190,6 +246,8 @@ def train_model(
     def callbacks(phase: str, offset: int) -> list[Any]:
         return [tracking.epoch_logger(run_id, phase, offset, phases[phase])] if run_id else []
 
+    reviews: list[LabelReview] = []
+    on_features = label_check(cfg, train_split, data.images_root, run_dir / "labels", reviews)
     model_path, result_path = run_dir / "model.keras", run_dir / "training.json"
     backbone_path = ""
     # the checkpoint folder is this run's alone while it trains (a concurrent run of the same
@@ -204,6 +262,7 @@ def train_model(
             cache_dir=default_cache_root() / "activations",
             cache_key=cache_key,
             callbacks=callbacks,
+            on_features=on_features,
         )
         result = train(clf, cfg, inputs)
         with atomic_path(model_path, suffix=".tmp.keras") as tmp:
@@ -227,6 +286,7 @@ def train_model(
         backbone_tags=backbone_tags,
         backbone_path=backbone_path,
         **phase_facts(result, cfg.train.monitor, len(val_split)),
+        **review_facts(reviews, run_dir / "labels"),
     )
 
 
@@ -456,12 +516,13 @@ def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> s
     summary = {f"best_{k}": v for k, v in trained.phase_best.items() if v is not None}
     summary |= {f"images_per_s_{k}": v for k, v in trained.images_per_s.items()}
     summary |= {f"trainable_params_{k}": float(v) for k, v in trained.trainable_params.items()}
-    tracking.log_metrics(run_id, {**evaluated.metrics, **summary})
+    tracking.log_metrics(run_id, {**evaluated.metrics, **summary, **trained.label_metrics})
     tracking.log_artifacts(
         run_id,
         {
             "": [Path(trained.result_path)],
             "data": [Path(ctx.contract_report)],
+            "data/label_suspects": [Path(p) for p in trained.label_files],
             **{k: [Path(p) for p in v] for k, v in evaluated.artifacts.items()},
         },
     )

@@ -44,6 +44,7 @@ from tlops.model.views import (
     cache_bytes,
     cached_store,
     derived_store,
+    features_of,
     view_epochs,
 )
 from tlops.paths import atomic_path
@@ -596,6 +597,9 @@ class TrainInputs:
     cache_key: dict[str, str] = field(default_factory=dict)  # weights, data, size, ...
     callbacks: CallbackFactory | None = None
     log: Callable[[str], None] = print
+    #: called once, before the first epoch, with the training images' pooled features of the
+    #: untrained base (the label-error search); it may raise to stop the run
+    on_features: Callable[[np.ndarray], None] | None = None
 
 
 def _fit_phase(
@@ -698,6 +702,17 @@ def _feature_cache_state(cfg: RunConfig, data: PhaseData) -> str:
     return "off"
 
 
+def _frozen_features(
+    clf: Classifier, cfg: RunConfig, inputs: TrainInputs, data: PhaseData
+) -> np.ndarray:
+    """The training images' pooled features of the base before any phase trains it: the pooled
+    cache's first view when the phase trains on it, else one pass of ``clf.feature_model``."""
+    if data.path == "pooled_cache" and data.train is not None:
+        return np.asarray(data.train.views[0])
+    size, batch = cfg.data.image_size, cfg.train.batch_size
+    return features_of(clf.feature_model, inputs.train, size, batch, clf.binary)
+
+
 def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
     """Train ``clf`` through the phases of the strategy; the model ends on the kept phase.
 
@@ -726,6 +741,9 @@ def train(clf: Classifier, cfg: RunConfig, inputs: TrainInputs) -> TrainResult:
             data = phase_data(clf, cfg, inputs, name, result.notes, built)
             inputs.log(path_line(name, data))
             state["path"] = {k: getattr(data, k) for k in PATH_FIELDS}
+        if inputs.on_features is not None and not result.phases:
+            inputs.on_features(_frozen_features(clf, cfg, inputs, data))
+        if not state["done"] and phase.epochs > int(state["epochs_done"]):
             seconds = _fit_phase(clf, cfg, inputs, name, phase, data, ckpt, offset)
         if name == "frozen":
             result.feature_cache = _feature_cache_state(cfg, data)

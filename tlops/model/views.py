@@ -86,6 +86,14 @@ def _fill(out: np.ndarray, model: Any, batches: Iterable[Any], augmenter: Any | 
         raise RuntimeError(f"the input gave {row} images, {len(out)} expected")
 
 
+def features_of(model: Any, data: SplitData, size: int, batch: int, binary: bool) -> np.ndarray:
+    """``model``'s output for every image of ``data`` (no augmentation), float16, in order."""
+    shape = tuple(int(d) for d in model.output.shape[1:])
+    out = np.empty((len(data), *shape), dtype=STORE_DTYPE)
+    _fill(out, model, _images(data, size, batch, binary), None)
+    return out
+
+
 @dataclass(frozen=True)
 class ViewPlan:
     """What to compute: how many train views, with which augmentation and seed."""

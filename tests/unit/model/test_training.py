@@ -245,3 +245,36 @@ def test_the_frozen_phase_pools_the_boundary_store_that_fine_tuning_then_reuses(
     assert (tuned.path, tuned.cache) == ("boundary_cache", "miss")  # made by this run
     again = phase_data(clf, cfg, inputs, "fine_tune", notes, set())
     assert again.cache == "hit"
+
+
+def test_the_label_search_gets_the_untrained_bases_features_once_on_either_path(
+    splits: tuple[SplitData, SplitData], tmp_path: Path
+) -> None:
+    cfg = _config()
+    seen: dict[str, list[np.ndarray]] = {"cached": [], "whole": []}
+    for path, cache in (("cached", tmp_path / "act"), ("whole", None)):
+        clf = _classifier(cfg)
+        expected = clf.feature_model.predict_on_batch(  # type: ignore[attr-defined]
+            np.stack([load_image(p, 16) for p in splits[0].paths])
+        )
+        inputs = _inputs(splits, tmp_path, path, cache)
+        inputs.on_features = seen[path].append
+        train(clf, cfg, inputs)
+        assert len(seen[path]) == 1  # once, not once per phase
+        assert seen[path][0].shape == (16, 128)
+        np.testing.assert_allclose(np.asarray(seen[path][0], np.float32), expected, atol=2e-2)
+
+
+def test_a_label_search_that_raises_stops_the_run_before_any_epoch(
+    splits: tuple[SplitData, SplitData], tmp_path: Path
+) -> None:
+    cfg = _config()
+    inputs = _inputs(splits, tmp_path, "stop", tmp_path / "act")
+
+    def refuse(features: np.ndarray) -> None:
+        raise RuntimeError("too many suspects")
+
+    inputs.on_features = refuse
+    with pytest.raises(RuntimeError, match="too many suspects"):
+        train(_classifier(cfg), cfg, inputs)
+    assert not list((tmp_path / "stop").glob("*.weights.h5"))
