@@ -13,9 +13,9 @@ from tlops.data.version import DataVersion
 from tlops.jobs.validate import (
     ContractVerdict,
     ManifestInfo,
-    build_manifest,
     check_contract,
     version_facts,
+    version_manifest,
 )
 
 
@@ -27,7 +27,7 @@ def build_manifest_task(
     """Scan the dataset's images into a manifest, splitting by sha256 if it has no splits (a
     test split carved when it has train and val only); only the contract's formats and sizes
     are read."""
-    info = build_manifest(version.images_root, split, Path(out_dir), contract, split_names)
+    info = version_manifest(version, split, Path(out_dir), contract, split_names)
     get_run_logger().info(
         "manifest: %d files, classes %s, splits %s (from %s)",
         info.nfiles, info.classes, info.per_split, info.split_source,

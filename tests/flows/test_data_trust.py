@@ -103,7 +103,7 @@ def _tamper(folder: Path, keep_stamp: bool = False) -> Path:
 def test_modified_cache_file_is_detected_and_replaced(
     repo: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = resolve_data(DataConfig(repo=repo))
+    first = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     folder = Path(first.path)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
     assert all(mode & 0o222 == 0 for mode in modes), "the cache folder is read-only"
@@ -111,7 +111,7 @@ def test_modified_cache_file_is_detected_and_replaced(
     victim = _tamper(folder)
     assert dir_md5(folder)[0] != first.md5
     with caplog.at_level(logging.WARNING, logger="tlops.adapters.dvc"):
-        again = resolve_data(DataConfig(repo=repo))
+        again = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     assert again.path == first.path
     assert dir_md5(Path(again.path))[0] == first.md5  # the tampered copy was replaced
     assert "file changed (size or mtime): train/cat/" in caplog.text
@@ -136,24 +136,26 @@ def test_modified_cache_file_is_detected_and_replaced(
 def test_full_verify_finds_what_the_cheap_check_cannot(
     repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = resolve_data(DataConfig(repo=repo))
+    first = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     _tamper(Path(first.path), keep_stamp=True)  # same size, same mtime: only the md5 tells
-    assert resolve_data(DataConfig(repo=repo)).md5 == first.md5  # cheap check: unchanged
+    assert (
+        resolve_data(DataConfig(repo=repo, rev="HEAD")).md5 == first.md5
+    )  # cheap check: unchanged
     monkeypatch.setenv("TLOPS_VERIFY_DATA", "1")  # what `--verify` sets
     with caplog.at_level(logging.WARNING, logger="tlops.adapters.dvc"):
-        verified = resolve_data(DataConfig(repo=repo))
+        verified = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     assert dir_md5(Path(verified.path))[0] == first.md5  # replaced by a good copy
     assert "its md5 is " in caplog.text and "discarded" in caplog.text
 
 
 def test_cache_without_a_marker_is_verified_before_use(repo: Path, tmp_path: Path) -> None:
     """A folder an older tlops left (no marker), or a kill between rename and marker."""
-    first = resolve_data(DataConfig(repo=repo))
+    first = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     folder = Path(first.path)
     marker = folder.with_name(folder.name + ".verified.json")
     marker.unlink(missing_ok=True)
     _tamper(folder, keep_stamp=True)
-    again = resolve_data(DataConfig(repo=repo))
+    again = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     assert dir_md5(Path(again.path))[0] == first.md5
     assert json.loads(marker.read_text())["md5"] == first.md5  # verified, then marked
 
@@ -262,9 +264,11 @@ def test_validate_refuses_a_forged_md5_exit_3(repo: Path, tmp_path: Path, cli) -
 
 
 def test_validate_verify_replaces_a_tampered_cache(repo: Path, cli) -> None:
-    first = resolve_data(DataConfig(repo=repo))  # the same $TLOPS_CACHE as the CLI's
+    # a revision is materialized into $TLOPS_CACHE (the same as the CLI's); a working tree
+    # that matches its pointer is read in place (tests/flows/test_dataversion.py)
+    first = resolve_data(DataConfig(repo=repo, rev="HEAD"))
     _tamper(Path(first.path), keep_stamp=True)
-    code, output = cli(repo, "--verify")
+    code, output = cli(repo, "--data-rev", "HEAD", "--verify")
     assert code == 0, output
     assert "discarded, materializing it again" in output and "its md5 is" in output
     assert dir_md5(Path(first.path))[0] == first.md5

@@ -118,3 +118,74 @@ def test_subdir_must_exist(two_versions: tuple[Path, Path]) -> None:
     assert resolve_data(DataConfig(repo=repo, subdir="train")).images_root.name == "train"
     with pytest.raises(ConfigError, match=r"data\.subdir"):
         resolve_data(DataConfig(repo=repo, subdir="nope"))
+
+
+# -- issue 14, part 3: read in place, hashed by DVC (its state, its .dvcignore) -------------
+
+
+def test_a_matching_working_tree_is_read_where_it_is_never_copied(
+    two_versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    repo, _ = two_versions
+    version = resolve_data(DataConfig(repo=repo), cache_root=tmp_path / "cache")
+    assert version.in_place and Path(version.path) == (repo / "data").resolve()
+    assert version.md5 == _pointer_md5(repo)
+    assert not (tmp_path / "cache" / "data").exists()  # no second copy of the data
+    files = version.tracked_files()
+    assert files is not None and len(files) == version.nfiles
+    assert all(len(md5) == 32 for md5 in files.values())
+    # an older revision still comes from DVC's cache into the md5-keyed cache, read-only
+    older = resolve_data(DataConfig(repo=repo, rev="v1"), cache_root=tmp_path / "cache")
+    assert not older.in_place and Path(older.path).parent == tmp_path / "cache" / "data"
+
+
+def test_dvcignore_is_respected_exactly_as_dvc_does(
+    two_versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An ignored file in the tree made it 'not match' its pointer, and would have been
+    scanned into the manifest."""
+    from tlops.config import SplitConfig
+    from tlops.jobs.validate import version_manifest
+
+    repo, _ = two_versions
+    (repo / ".dvcignore").write_text("*.tmp\nscratch/\n", encoding="utf-8")
+    (repo / "data" / "train" / "cat" / "notes.tmp").write_text("not an image", encoding="utf-8")
+    (repo / "data" / "scratch").mkdir()
+    shutil.copy(next((repo / "data" / "train" / "cat").glob("*.png")), repo / "data" / "scratch")
+    version = resolve_data(DataConfig(repo=repo), cache_root=tmp_path / "cache")
+    assert version.md5 == _pointer_md5(repo) and not version.dirty
+    info = version_manifest(version, SplitConfig(), tmp_path / "m", None)
+    import pandas as pd
+
+    paths = pd.read_parquet(info.manifest_path)["path"].tolist()
+    assert len(paths) == version.nfiles
+    assert not [p for p in paths if p.endswith(".tmp") or p.startswith("scratch")]
+
+
+def test_an_unchanged_tree_is_not_read_again_and_verify_reads_it(
+    two_versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """DVC's state (inode, mtime, size) answers for unchanged files: a file whose bytes were
+    changed behind its back, keeping size and mtime, is not read again (the proof that no
+    byte is read) until --verify asks for every byte."""
+    import os
+
+    from tlops.config import SplitConfig
+    from tlops.jobs.validate import version_manifest
+
+    repo, _ = two_versions
+    cache = tmp_path / "cache"
+    first = resolve_data(DataConfig(repo=repo), cache_root=cache)
+    manifest = version_manifest(first, SplitConfig(), tmp_path / "m1", None)
+    victim = next((repo / "data" / "train" / "cat").glob("*.png"))
+    stamp = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-20] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    again = resolve_data(DataConfig(repo=repo), cache_root=cache)
+    assert again.md5 == first.md5  # from DVC's state: the bytes were not read
+    rows = version_manifest(again, SplitConfig(), tmp_path / "m2", None)
+    assert rows.digest == manifest.digest  # every row from the row cache: no image was read
+    with pytest.raises(DataError, match=r"does not match data\.dvc"):
+        resolve_data(DataConfig(repo=repo), cache_root=cache, verify=True)

@@ -1,18 +1,23 @@
-"""Resolve a DVC-versioned dataset at a git revision into a local cache keyed by its md5.
+"""Resolve a DVC-versioned dataset at a git revision: in place, or into a cache keyed by md5.
 
-``data.dvc`` is read at the requested revision (or from the working tree), the exact version is
-materialized from the DVC cache or the remote into ``<cache>/data/<md5>/`` (written aside and
-renamed, so a half-copied folder is never used), and its md5 is checked against the pointer.
+``data.dvc`` is read at the requested revision or from the working tree. A working tree is
+hashed by DVC itself (:func:`worktree_hash`: ``.dvcignore`` applies, and DVC's state means
+unchanged files are not read again); when it matches its pointer it is read where it is, with
+its file list (relative path -> md5) beside the cache for the manifest. A revision (or a tree
+of links into DVC's cache) is materialized from the DVC cache or the remote into
+``<cache>/data/<md5>/`` (written aside and renamed, so a half-copied folder is never used),
+and its md5 is checked against the pointer.
 
 Nothing is trusted by name: the pointer's md5 must be a DVC directory md5 and its paths stay in
 the repository; links in the working tree may not leave the data folder (checked before
-anything is copied); a cache folder is read-only with a verified marker beside it, re-checked
-cheaply (file set, sizes, mtimes) on every run and in full (md5) on request, and replaced when
-it fails. Partial folders of runs that were killed are removed by the next run.
+anything is hashed or copied); a cache folder is read-only with a verified marker beside it,
+re-checked cheaply (file set, sizes, mtimes) on every run and in full (md5) on request, and
+replaced when it fails. Partial folders of runs that were killed are removed by the next run.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -24,9 +29,10 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +41,7 @@ import yaml
 from tlops.config import DataConfig, stays_inside
 from tlops.data.version import DataVersion
 from tlops.errors import ConfigError, ContractFailedError, DataError, ServiceError
-from tlops.paths import default_cache_root
+from tlops.paths import atomic_path, default_cache_root
 from tlops.redact import redact_text, redact_url
 
 WORKTREE = "workdir"
@@ -192,12 +198,81 @@ def _worktree_rev(repo: Path, dvc_file: str) -> str:
         return WORKTREE
 
 
-def _copy_tree(source: Path, dest: Path) -> None:
-    """Copy a folder of regular files (symlinks followed, as DVC hashes them).
+def _copy_tree(source: Path, dest: Path, files: Iterable[str]) -> None:
+    """Copy the tracked ``files`` (relative paths) of ``source`` into ``dest`` (symlinks
+    followed, as DVC hashes them); files ``.dvcignore`` leaves out are not copied.
 
     Only called after :func:`check_links` has refused links that leave the folder.
     """
-    shutil.copytree(source, dest, symlinks=False, ignore=shutil.ignore_patterns(".dvc"))
+    for relpath in files:
+        target = dest / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relpath, target)
+
+
+@dataclass(frozen=True)
+class TreeHash:
+    """A working tree as DVC hashes it: the directory md5, its size, and each tracked file's
+    md5 by relative path (the files ``.dvcignore`` leaves out are not there)."""
+
+    md5: str
+    nfiles: int
+    size: int
+    files: dict[str, str]
+
+
+def worktree_hash(repo: Path, dvc_file: str, full: bool = False) -> TreeHash:
+    """Hash the folder ``dvc_file`` tracks with DVC's own machinery, as ``dvc status`` does:
+    ``.dvcignore`` applies, and DVC's state database (inode, mtime, size -> md5) means files
+    unchanged since they were last hashed (by ``dvc add``, ``dvc status`` or an earlier run)
+    are not read again; ``full`` reads every file (a change that kept size and mtime)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.state import StateNoop
+    from dvc_data.hashfile.tree import Tree
+
+    where = _show(str(repo / dvc_file))
+    try:
+        with Repo(str(repo)) as dvc_repo:
+            (stage,) = dvc_repo.stage.collect(str(repo / dvc_file))
+            (out,) = stage.outs
+            odb = out.cache if out.use_cache else out.local_cache
+            if full:  # a copy of the object database that remembers no earlier hash
+                odb = copy.copy(odb)
+                odb.state = StateNoop()
+            _, meta, obj = build(
+                odb, out.fs_path, out.fs, out.hash_name, ignore=out.dvcignore, dry_run=True
+            )
+    except (DvcException, ValueError) as exc:
+        raise DataError(
+            f"{where}: DVC cannot hash the folder it tracks: {_show(str(exc))}"
+        ) from None
+    if not isinstance(obj, Tree):
+        raise DataError(f"{where}: DVC tracks a file there, not a folder")
+    files = {"/".join(key): str(hi.value) for key, _, hi in obj}
+    return TreeHash(str(obj.hash_info.value), int(meta.nfiles or 0), int(meta.size or 0), files)
+
+
+def _has_links(source: Path) -> bool:
+    """Whether any file or folder under ``source`` is a symlink (``cache.type: symlink``)."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        if any(Path(dirpath, name).is_symlink() for name in (*dirnames, *filenames)):
+            return True
+    return False
+
+
+def write_listing(cache: Path, tree: TreeHash) -> Path:
+    """The tree's file list (relative path -> md5) as ``<cache>/listings/<md5>.json``: what
+    the manifest scans (so ``.dvcignore``-d files are never in it). Its content is fixed by
+    the md5 in its name, so an existing one is kept."""
+    folder = cache / "listings"
+    path = folder / f"{tree.md5.removesuffix('.dir')}.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"md5": tree.md5, "files": tree.files}), encoding="utf-8")
+    return path
 
 
 def _show(text: str) -> str:
@@ -525,11 +600,12 @@ def resolve_data(
     verify: bool | None = None,
     note: Note | None = None,
 ) -> DataVersion:
-    """Resolve ``config`` into a materialized, md5-checked :class:`DataVersion`.
+    """Resolve ``config`` into an md5-checked :class:`DataVersion`: the working tree itself
+    when it matches its pointer (``in_place``), else a materialized copy.
 
-    ``verify``: recompute the md5 of an already cached folder too (default:
-    :func:`verify_requested`); ``note``: where cache repairs are reported (default: a warning
-    on this module's logger).
+    ``verify``: read every byte again, of the working tree (not DVC's state) or of an already
+    cached folder (default: :func:`verify_requested`); ``note``: where cache repairs are
+    reported (default: a warning on this module's logger).
     """
     full = verify_requested() if verify is None else verify
     tell = note or logging.getLogger(__name__).warning
@@ -540,7 +616,7 @@ def resolve_data(
     rev = resolve_rev(repo, config.rev) if config.rev else None
     out = read_pointer(repo, config.dvc_file, rev)
     data_path = str(Path(config.dvc_file).parent / out["path"])
-    md5, dirty = str(out["md5"]), False
+    md5, dirty, in_place, listing = str(out["md5"]), False, False, ""
     nfiles, size = int(out.get("nfiles", 0)), int(out.get("size", 0))
     if rev is None:
         source = repo / data_path
@@ -552,16 +628,23 @@ def resolve_data(
                 f"{_show(str(source.resolve()))}, outside the repository {_show(str(repo))}"
             )
         check_links(source, (_dvc_cache_dir(repo),))
-        found, found_files, found_size = dir_md5(source)
-        if found != md5:
+        tree = worktree_hash(repo, config.dvc_file, full)
+        if tree.md5 != md5:
             if not config.allow_dirty:
                 raise DataError(
-                    f"{source} does not match {config.dvc_file} (md5 {found}, pointer {md5}); "
-                    "run `dvc add` to record it, `dvc checkout` to restore it, "
+                    f"{source} does not match {config.dvc_file} (md5 {tree.md5}, pointer "
+                    f"{md5}); run `dvc add` to record it, `dvc checkout` to restore it, "
                     "or set data.allow_dirty=true"
                 )
-            md5, nfiles, size, dirty = found, found_files, found_size, True
-        path = _materialize(cache, md5, lambda dest: _copy_tree(source, dest), full, tell)
+            md5, nfiles, size, dirty = tree.md5, tree.nfiles, tree.size, True
+        listing = str(write_listing(cache, tree))
+        if _has_links(source):  # links into DVC's cache: a copy of real files, as before
+            copy = lambda dest: _copy_tree(source, dest, tree.files)  # noqa: E731
+            path = _materialize(cache, md5, copy, full, tell)
+        else:  # read where it is: no second copy of the data
+            path, in_place = source, True
+            if (cache / "data").is_dir():  # what runs killed while materializing left
+                _clean_partials(cache, "", tell)
     else:
         fetch = lambda dest: _fetch_rev(repo, rev, data_path, dest)  # noqa: E731
         path = _materialize(cache, md5, fetch, full, tell)
@@ -575,6 +658,8 @@ def resolve_data(
         dirty=dirty,
         dvc_file=config.dvc_file,
         subdir=config.subdir,
+        in_place=in_place,
+        listing=listing,
     )
     if config.subdir and not version.images_root.is_dir():
         raise ConfigError(f"data.subdir: {config.subdir!r} is not a folder of {data_path}")

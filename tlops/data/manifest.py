@@ -37,6 +37,7 @@ from tlops.data.inputs import (
     strict_decoding,
 )
 from tlops.data.near_duplicates import perceptual_hash
+from tlops.data.rowcache import CONTENT_COLUMNS, cache_file, load_rows, save_rows
 from tlops.errors import DataError
 from tlops.safetext import escape, name_problem, one_line
 
@@ -280,23 +281,74 @@ def _decode(
     }  # fmt: skip
 
 
+def _limit_key(limits: Limits) -> tuple[tuple[str, ...], int, int]:
+    """What of the limits decides a row's content."""
+    return tuple(limits.formats), limits.max_bytes, limits.max_pixels
+
+
+def _raw(entry: _Entry, root: Path) -> str:
+    """The entry's relative path as the file system has it (unescaped)."""
+    return entry.abspath.relative_to(root).as_posix()
+
+
+def _path_columns(entry: _Entry) -> dict[str, Any]:
+    """The columns of a row that come from where the file is, not from its bytes."""
+    return {"path": entry.relpath, "split": entry.split, "label": entry.label,
+            "symlink": False, "inside_root": True, "name_ok": True}  # fmt: skip
+
+
+def _remember(
+    row_cache: Path, known: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
+    entries: list[_Entry], md5s: Mapping[str, str], root: Path,
+) -> None:  # fmt: skip
+    """Add the content of the rows read now (regular files of known md5) to the cache."""
+    added = 0
+    for entry, row in zip(entries, rows, strict=True):
+        md5 = md5s.get(_raw(entry, root))
+        if md5 and md5 not in known and row["name_ok"] and not row["symlink"] and row["bytes"]:
+            known[md5] = {c: row.get(c) for c in CONTENT_COLUMNS}
+            added += 1
+    if added:
+        save_rows(row_cache, known)
+
+
 def scan(
     root: Path,
     workers: int | None = None,
     limits: Limits | None = None,
     split_names: Mapping[str, str] | None = None,
+    tracked: Mapping[str, str] | None = None,
+    row_cache: Path | None = None,
 ) -> tuple[pd.DataFrame, Layout]:
     """Build the manifest of ``root`` in parallel; rows are sorted by path, which stays each
     file's own relative path (``validation/cat/1.jpg``, in split ``val``).
 
     ``limits``: what may be read (default: every supported format, the default size limits);
-    ``split_names``: see :func:`detect_layout`.
+    ``split_names``: see :func:`detect_layout`; ``tracked``: the data's files (relative path
+    -> md5, from its DVC listing): other files are not scanned; ``row_cache``: the folder
+    of :mod:`tlops.data.rowcache`, whose rows of files of known md5 are used instead of
+    reading them again.
     """
     layout = detect_layout(root, split_names)
     entries = list(_walk(root, layout))
+    if tracked is not None:  # files .dvcignore leaves out are not the data's
+        entries = [e for e in entries if e.name_error or e.walk_error or _raw(e, root) in tracked]
+    limits = limits or Limits()
+    cache = None if row_cache is None else cache_file(row_cache, *_limit_key(limits))
+    known = load_rows(cache) if cache is not None else {}
+    md5s = tracked or {}
+
+    def row_of(entry: _Entry) -> dict[str, Any]:
+        md5 = md5s.get(_raw(entry, root)) if not entry.name_error else None
+        if md5 in known and not entry.abspath.is_symlink():
+            return {**_path_columns(entry), **known[md5]}
+        return read_entry(entry, root, limits)
+
     workers = workers or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
     with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(lambda e: read_entry(e, root, limits), entries, chunksize=64))
+        rows = list(pool.map(row_of, entries, chunksize=64))
+    if cache is not None and md5s:
+        _remember(cache, known, rows, entries, md5s, root)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("width", "height", "channels", "bit_depth", "bytes"):
         frame[col] = frame[col].astype("Int64")

@@ -157,11 +157,11 @@ def version_test_images(info: registry.VersionInfo, cfg: RunConfig, work: Path) 
     """The test split of a version's own data revision, split and contract limits, as images;
     a manifest that is not the version's (``data.manifest`` tag) is a :class:`DataError`."""
     from tlops.adapters.dvc import resolve_data
-    from tlops.jobs.validate import build_manifest
+    from tlops.jobs.validate import version_manifest
 
     data = resolve_data(cfg.data)
-    manifest = build_manifest(
-        data.images_root, cfg.split, work / "manifest", cfg.contract, cfg.data.split_names
+    manifest = version_manifest(
+        data, cfg.split, work / "manifest", cfg.contract, cfg.data.split_names
     )
     expected = info.tags.get("data.manifest")
     if expected and manifest.digest != expected:

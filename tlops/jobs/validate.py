@@ -20,6 +20,7 @@ from tlops.data.manifest import Layout, Limits, class_counts, manifest_digest, s
 from tlops.data.near_duplicates import SHEET_PAIRS, pair_sheet
 from tlops.data.split import assign_splits, carve_test
 from tlops.data.version import DataVersion
+from tlops.paths import default_cache_root
 from tlops.safetext import one_line
 
 
@@ -57,12 +58,16 @@ def build_manifest(
     out_dir: Path,
     contract: ContractConfig | None = None,
     split_names: Mapping[str, str] | None = None,
+    tracked: Mapping[str, str] | None = None,
+    row_cache: Path | None = None,
 ) -> ManifestInfo:
     """Scan ``images_root`` into ``out_dir/manifest.{parquet,csv}`` and ``class_counts.parquet``.
 
     ``contract``: whose formats and size limits bound what is read (default: its defaults);
     ``split_names``: folder names read as splits (``data.split_names``; default: validation
-    and valid are val).
+    and valid are val); ``tracked``: the data's files by relative path -> md5 (its DVC
+    listing: files ``.dvcignore`` leaves out are not scanned); ``row_cache``: where rows of
+    files scanned before are kept by md5 (their bytes are not read again).
 
     1. scan the files in parallel;
     2. assign splits by sha256 when the folder has none of its own; carve a test split out of
@@ -70,7 +75,10 @@ def build_manifest(
     3. count images per split and class (empty class folders count as zero).
     """
     limits = Limits.of(contract or ContractConfig())
-    manifest, layout = scan(images_root, limits=limits, split_names=split_names)
+    manifest, layout = scan(
+        images_root, limits=limits, split_names=split_names, tracked=tracked,
+        row_cache=row_cache,
+    )  # fmt: skip
     split_source = "folders" if layout.split_folders else "sha256"
     if not layout.split_folders:
         manifest = assign_splits(manifest, split)
@@ -95,6 +103,18 @@ def build_manifest(
         classes=sorted(counts["label"].unique().tolist()),
         per_split={str(k): int(v) for k, v in manifest["split"].value_counts().items()},
     )
+
+
+def version_manifest(
+    version: DataVersion, split: SplitConfig, out_dir: Path, contract: ContractConfig | None,
+    split_names: Mapping[str, str] | None = None,
+) -> ManifestInfo:  # fmt: skip
+    """:func:`build_manifest` of a resolved version: its tracked files only (its DVC listing),
+    with the rows of files scanned before taken from the cache by md5."""
+    return build_manifest(
+        version.images_root, split, out_dir, contract, split_names, version.tracked_files(),
+        default_cache_root() / "manifest",
+    )  # fmt: skip
 
 
 def needs_test(manifest: pd.DataFrame, layout: Layout) -> bool:
