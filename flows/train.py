@@ -7,7 +7,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from flows.validate import validate_flow
-from tasks.data import resolve_data_task
+from tasks.data import recheck_data_task, resolve_data_task
 from tasks.gate import gate_task, unchanged_task
 from tasks.register import reconcile_task, register_task
 from tasks.train import (
@@ -142,6 +142,7 @@ def train_flow(
         fail_tracking_task(ctx.run_id)
         raise
     gate = gate_task(ctx, trained, evaluated, exports)
+    recheck_data_task(config.data, validation.data)  # read in place: still the same data?
     promotion = register_task(ctx, gate, model_uri)
     return TrainOutcome(
         validation=validation,

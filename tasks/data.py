@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tlops.adapters.dvc import resolve_data
+from tlops.adapters.dvc import check_unchanged, resolve_data
 from tlops.config import DataConfig
 from tlops.data.version import DataVersion
 
@@ -20,3 +20,9 @@ def resolve_data_task(config: DataConfig) -> DataVersion:
         version.dvc_file, version.md5, version.nfiles, version.rev[:12], version.path, dirty,
     )  # fmt: skip
     return version
+
+
+@task(name="recheck-data", cache_policy=NO_CACHE)
+def recheck_data_task(config: DataConfig, version: DataVersion) -> None:
+    """Before anything is registered: the data read in place is still the resolved version."""
+    check_unchanged(config, version)

@@ -189,3 +189,19 @@ def test_an_unchanged_tree_is_not_read_again_and_verify_reads_it(
     assert rows.digest == manifest.digest  # every row from the row cache: no image was read
     with pytest.raises(DataError, match=r"does not match data\.dvc"):
         resolve_data(DataConfig(repo=repo), cache_root=cache, verify=True)
+
+
+def test_a_tree_read_in_place_that_changes_during_the_run_is_refused(
+    two_versions: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tlops.adapters.dvc import check_unchanged
+
+    repo, _ = two_versions
+    config = DataConfig(repo=repo)
+    version = resolve_data(config, cache_root=tmp_path / "cache")
+    check_unchanged(config, version)  # unchanged: nothing to say
+    (repo / "data" / "train" / "cat" / "late.png").write_bytes(
+        next((repo / "data" / "train" / "dog").glob("*.png")).read_bytes()
+    )
+    with pytest.raises(DataError, match="changed during the run"):
+        check_unchanged(config, version)

@@ -664,3 +664,18 @@ def resolve_data(
     if config.subdir and not version.images_root.is_dir():
         raise ConfigError(f"data.subdir: {config.subdir!r} is not a folder of {data_path}")
     return version
+
+
+def check_unchanged(config: DataConfig, version: DataVersion) -> None:
+    """Raise :class:`DataError` (exit 3) when a working tree read in place no longer has the
+    md5 it had when it was resolved (edited, or checked out to another version, during the
+    run): the run's results would not be of the data its lineage names. Stat-only for
+    unchanged files (DVC's state); a materialized copy is read-only and sealed, never checked."""
+    if not version.in_place:
+        return
+    now = worktree_hash(config.repo.resolve(), config.dvc_file)
+    if now.md5 != version.md5:
+        raise DataError(
+            f"{_show(version.path)} changed during the run (md5 {now.md5}, was {version.md5}): "
+            "nothing is registered; run again once the data folder is left alone"
+        )
