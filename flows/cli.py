@@ -427,8 +427,9 @@ def status(
         str, typer.Option("--previous-alias", help="the previous champion's alias")
     ] = "previous",
 ) -> None:
-    """The champion, when it was promoted, what it was trained on, the last runs with their
-    verdicts, and the next scheduled run of its deployments (when the Prefect API has any).
+    """The champion, when it was promoted, what it was trained on, which parts (data, config,
+    code, lock) the last retrain changed, the last runs with their verdicts, and the next
+    scheduled run of its deployments (when the Prefect API has any).
 
     First settles what a stopped run left half promoted (reconcile) and says what it did."""
 

@@ -11,9 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from tlops.adapters.registry import VersionInfo
 from tlops.config import RunConfig
 from tlops.data.version import DataVersion
+from tlops.errors import TlopsError
 from tlops.jobs.context import RunContext
 from tlops.jobs.export import ExportOutcome
-from tlops.jobs.gate import GateOutcome, judge_candidate, unchanged_champion
+from tlops.jobs.gate import GateOutcome, judge_candidate, record_unchanged, unchanged_champion
 from tlops.jobs.train import EvalSummary, TrainSummary
 
 
@@ -25,9 +26,14 @@ def artifact_key(model_name: str) -> str:
 
 @task(name="check-unchanged", cache_policy=NO_CACHE)
 def unchanged_task(config: RunConfig, data: DataVersion) -> VersionInfo | None:
-    """The champion when it was trained on this data, config and code (then nothing to do)."""
+    """The champion when it was trained on this data, config and code (then nothing to do,
+    recorded on the registered model for ``tlops status``; a failure to record is a warning)."""
     champion = unchanged_champion(config, data.md5, Path.cwd())
     if champion is not None:
+        try:
+            record_unchanged(config, data.md5, champion, Path.cwd())  # for tlops status
+        except TlopsError as exc:
+            get_run_logger().warning("no-op not recorded for tlops status: %s", exc)
         text = (
             f"## tlops: {config.model_name}: nothing changed\n\nSame data (md5 `{data.md5}`),"
             f" config and code as champion v{champion.version}: not retrained.\n"

@@ -2,7 +2,9 @@
 
 The session's real Prefect server (loopback) holds the deployment; a real ``prefect worker``
 process picks the runs up and runs the retrain flow in the project folder; the model is
-registered in the real ``mlflow server``. The second run finds nothing changed.
+registered in the real ``mlflow server``. After a commit that touches only docs, another config
+and another dataset's pointer, the second run finds nothing changed, and ``tlops status`` says
+that no part of the fingerprint did.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE, TINY, run, tlops_cli
+from conftest import SMOKE, TINY, dvc, run, tlops_cli, write_shapes
 
 POOL = "tlops-test-pool"
 NAME = "shapes-sched"
@@ -100,7 +102,26 @@ def test_deployed_retrain_runs_on_a_worker_and_then_finds_nothing_changed(
     assert champion.tags["policy.file"] == "configs/shapes.yaml"
     assert champion.tags["policy.overrides"] == "none"
 
-    # 2. again with nothing changed: no retraining, no new run or version, completed
+    # its run and version record the no-op fingerprint's parts beside the whole
+    short = [champion.tags[f"fingerprint.{part}"] for part in ("data", "config", "code")]
+    assert [len(part) for part in short] == [12, 12, 12], short
+    assert champion.tags["fingerprint.lock"] == "none"  # this project has no uv.lock
+    assert champion.tags["tlops.fingerprint"] == trained.data.tags["tlops.fingerprint"]
+    assert champion.tags["fingerprint.data"] == champion.tags["data.md5"][:12]
+
+    # one commit that touches only what the model does not depend on: docs, another model's
+    # config, another dataset's DVC pointer
+    (repo / "docs").mkdir()
+    (repo / "docs" / "notes.md").write_text("# notes\n\nThe shapes model retrains nightly.\n")
+    (repo / "configs" / "other.yaml").write_text(Path(SMOKE).read_text() + "\nname: other\n")
+    write_shapes(repo / "other", per_class=3)
+    dvc("add", "-q", "other", cwd=repo)
+    run(["git", "add", "docs", "configs/other.yaml", "other.dvc", ".gitignore"], repo)
+    run(["git", "commit", "-qm", "docs, another dataset and its config"], repo)
+    assert run(["git", "rev-parse", "HEAD"], repo).strip() != champion.tags["git.commit"]
+
+    # 2. again with nothing changed that the model depends on: no retraining, no new run or
+    # version, completed
     second, second_s = run_deployment(prefect_api, tracked)
     assert second.returncode == 0, second.stdout + second.stderr
     assert len(client.search_runs([experiment.experiment_id])) == 1
@@ -111,6 +132,8 @@ def test_deployed_retrain_runs_on_a_worker_and_then_finds_nothing_changed(
     state = tlops_cli(["status", NAME], prefect_api)
     assert state.returncode == 0, state.stdout + state.stderr
     assert "champion: v1" in state.stdout
+    assert "  last retrain: no-op (" in state.stdout  # no part changed since the champion
+    assert "vs champion v1, changed: nothing: a no-op" in state.stdout
     assert f"deployment tlops-retrain/{NAME}: 0 3 * * *" in state.stdout
     assert "next run: 20" in state.stdout and "T03:00:00" in state.stdout
     unknown = tlops_cli(["status", "no-such-model"], prefect_api)

@@ -421,6 +421,46 @@ def ledger(name: str) -> list[LedgerEntry]:
     return entries
 
 
+#: Registered-model tag holding the last scheduled (or manual) run that found nothing changed.
+NOOP_TAG = "tlops.last_noop"
+
+
+class NoopRecord(BaseModel):
+    """A retrain that found nothing changed since the champion: it leaves no MLflow run, so
+    ``tlops status`` reads it from this record (a registered-model tag, the latest only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    when_ms: int
+    champion: str
+    fingerprint: str
+    tags: dict[str, str]
+
+
+def write_noop(name: str, record: NoopRecord) -> None:
+    """Keep ``record`` as the model's last no-op (replacing the one before)."""
+    with service(f"record the no-op of {name}"):
+        client().set_registered_model_tag(name, NOOP_TAG, record.model_dump_json())
+
+
+def last_noop(name: str) -> NoopRecord | None:
+    """The model's last no-op record; None when there is none (or no such model, or the tag
+    is not one tlops wrote)."""
+    from mlflow.exceptions import MlflowException
+
+    with service(f"read the last no-op of {name}"):
+        try:
+            tags = client().get_registered_model(name).tags or {}
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+    try:
+        return NoopRecord.model_validate_json(tags[NOOP_TAG]) if NOOP_TAG in tags else None
+    except ValidationError:
+        return None
+
+
 @contextmanager
 def promotion_lock(name: str) -> Iterator[None]:
     """Serialize promotions of ``name`` in one tracking store among flows on this machine.

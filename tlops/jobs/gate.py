@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tlops.adapters import registry, tracking
 from tlops.config import RunConfig
 from tlops.data.inputs import load_images, read_split
 from tlops.data.version import DataVersion
+from tlops.decision.changes import part_tags
 from tlops.decision.gate import UNKNOWN_CODE, Evidence, Verdict, decide
 from tlops.decision.report import REPORT_FILE, write_report
 from tlops.jobs.context import RunContext
@@ -44,6 +46,43 @@ def change_fingerprint(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> s
     if UNKNOWN_CODE in state:
         return f"{inputs}.{UNKNOWN_CODE}"
     return f"{inputs}.{hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]}"
+
+
+def fingerprint_parts(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> dict[str, str]:
+    """The parts of :func:`change_fingerprint`, each a hash of its own: the data md5, the
+    config without ``evaluate`` (:func:`tlops.jobs.train.inputs_digest` of no facts), the
+    project's source files and the lock file (``unknown`` when not known)."""
+    return {
+        "data": data_md5,
+        "config": inputs_digest(cfg),
+        "code": code.get("code.sha256", UNKNOWN_CODE),
+        "lock": code.get("lock.sha256", UNKNOWN_CODE),
+    }
+
+
+def fingerprint_tags(cfg: RunConfig, data_md5: str, code: dict[str, str]) -> dict[str, str]:
+    """The whole fingerprint (``tlops.fingerprint``) and its parts as short hashes
+    (``fingerprint.data``, ``.config``, ``.code``, ``.lock``): tags of a run and its version, so
+    ``tlops status`` can tell which part a retrain changed (:mod:`tlops.decision.changes`)."""
+    return {
+        "tlops.fingerprint": change_fingerprint(cfg, data_md5, code),
+        **part_tags(fingerprint_parts(cfg, data_md5, code)),
+    }
+
+
+def record_unchanged(
+    cfg: RunConfig, data_md5: str, champion: registry.VersionInfo, project: Path
+) -> None:
+    """Record on the registered model that a retrain found nothing changed since ``champion``
+    (it leaves no MLflow run): when, which champion, and the fingerprint with its parts."""
+    from tlops.adapters.git import code_state
+
+    tags = fingerprint_tags(cfg, data_md5, code_state(project))
+    record = registry.NoopRecord(
+        when_ms=int(time.time() * 1000), champion=champion.version,
+        fingerprint=tags.pop("tlops.fingerprint"), tags=tags,
+    )  # fmt: skip
+    registry.write_noop(cfg.model_name, record)
 
 
 def unchanged_champion(cfg: RunConfig, data_md5: str, project: Path) -> registry.VersionInfo | None:
@@ -146,10 +185,12 @@ def judge_candidate(
        (:func:`change_fingerprint`);
     2. the champion (if any) re-measured on the same test split; decide;
     3. write ``gate_verdict.json`` and the report into the run's folder, log both under
-       ``gate/`` and tag the run with the decision and the fingerprint.
+       ``gate/`` and tag the run with the decision and the fingerprint with its parts
+       (:func:`fingerprint_tags`; the version takes them over with the run's other tags).
     """
     cfg, run_id = ctx.config, ctx.run_id
-    fingerprint = change_fingerprint(cfg, ctx.data.md5, tracking.get_tags(run_id))
+    fingerprints = fingerprint_tags(cfg, ctx.data.md5, tracking.get_tags(run_id))
+    fingerprint = fingerprints["tlops.fingerprint"]
     exports = exports or ExportOutcome()
     candidate = candidate_evidence(
         {**evaluated.metrics, **exports.metrics()},
@@ -174,7 +215,7 @@ def judge_candidate(
             "gate.passed": str(verdict.passed).lower(),
             "gate.champion_compared": verdict.champion_version or "none",
             "gate.reason": verdict.reason,
-            "tlops.fingerprint": candidate.fingerprint,
+            **fingerprints,
         },
     )
     return GateOutcome(verdict=verdict, candidate=candidate, report_path=str(report))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from tlops.adapters import registry, tracking
+from tlops.decision.changes import compare_parts
 from tlops.errors import ConfigError
 
 
@@ -26,8 +28,28 @@ class RunLine(BaseModel):
     registered: str | None
 
 
+class LastRetrain(BaseModel):
+    """The model's latest retrain, a run or a no-op (which leaves no run), and which parts of
+    its fingerprint (data, config, code, lock) differ from the champion it was compared with:
+    the one its gate compared it with, else the champion of the time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["run", "no-op"]
+    started: str
+    run_id: str | None
+    #: the champion version compared with; None: there was no champion to compare with
+    compared_with: str | None
+    changed: list[str]
+    #: parts that one side does not record (versions older than the part tags: config)
+    unknown: list[str]
+    #: ``data, config``, ``nothing: a no-op``, ``nothing`` (a forced retrain), ...
+    summary: str
+
+
 class ModelStatus(BaseModel):
-    """The champion, when it was promoted, what it was trained on, and the last runs."""
+    """The champion, when it was promoted, what it was trained on, the last runs, and what
+    changed for the last retrain."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -36,6 +58,7 @@ class ModelStatus(BaseModel):
     promoted_at: str | None
     promoted_why: str | None
     runs: list[RunLine]
+    last_retrain: LastRetrain | None = None
 
 
 def _when(millis: int | None) -> str:
@@ -72,6 +95,72 @@ def _experiment_ids(client: Any, name: str, champion: registry.VersionInfo | Non
     return ids
 
 
+def _version(
+    name: str, version: str, champion: registry.VersionInfo | None
+) -> registry.VersionInfo | None:
+    """Version ``version`` of ``name`` (the champion itself when it is that one); the current
+    champion when that version is no longer registered."""
+    if champion is not None and champion.version == version:
+        return champion
+    try:
+        return registry.resolve(f"models:/{name}/{version}")
+    except ConfigError:
+        return champion
+
+
+def _compared_champion(
+    name: str, tags: Mapping[str, str], run_id: str, champion: registry.VersionInfo | None
+) -> registry.VersionInfo | None:
+    """The champion a run is compared with: the version its gate compared it with
+    (``gate.champion_compared``; ``none``: no champion then), else (a run stopped before its
+    gate) the current champion unless the run is that champion's own."""
+    compared = tags.get("gate.champion_compared", "")
+    if compared == "none":
+        return None
+    if compared.isdigit():
+        return _version(name, compared, champion)
+    return None if champion is None or champion.run_id == run_id else champion
+
+
+def _retrain(
+    kind: Literal["run", "no-op"], started: str, run_id: str | None, tags: Mapping[str, str],
+    against: registry.VersionInfo | None,
+) -> LastRetrain:  # fmt: skip
+    """A retrain's tags compared part by part with those of the champion ``against``.
+
+    A no-op changed nothing by definition (its whole fingerprint is the champion's), even
+    where the champion is too old to record every part."""
+    if against is None:
+        return LastRetrain(
+            kind=kind, started=started, run_id=run_id, compared_with=None, changed=[],
+            unknown=[], summary="no champion to compare with",
+        )  # fmt: skip
+    change = compare_parts(tags, against.tags)
+    if kind == "no-op":
+        change = change.model_copy(update={"changed": [], "unknown": []})
+    return LastRetrain(
+        kind=kind, started=started, run_id=run_id, compared_with=against.version,
+        changed=change.changed, unknown=change.unknown, summary=change.describe(kind == "no-op"),
+    )  # fmt: skip
+
+
+def last_retrain(
+    name: str, runs: list[Any], champion: registry.VersionInfo | None
+) -> LastRetrain | None:
+    """The latest retrain: the newer of the newest run (``runs`` newest first; reproductions
+    are no retrains) and the model's last no-op record (:func:`registry.last_noop`)."""
+    run = next((r for r in runs if "tlops.reproduces" not in r.data.tags), None)
+    noop = registry.last_noop(name) if champion is not None else None
+    if noop is not None and (run is None or noop.when_ms >= (run.info.start_time or 0)):
+        against = _version(name, noop.champion, champion)
+        return _retrain("no-op", _when(noop.when_ms), None, noop.tags, against)
+    if run is None:
+        return None
+    tags, run_id = run.data.tags, run.info.run_id
+    against = _compared_champion(name, tags, run_id, champion)
+    return _retrain("run", _when(run.info.start_time), run_id, tags, against)
+
+
 def model_status(name: str, champion_alias: str = "champion", last: int = 5) -> ModelStatus:
     """Read the registry and the model's experiment(s); a model unknown to both is an error."""
     champion = registry.version_by_alias(name, champion_alias)
@@ -95,11 +184,23 @@ def model_status(name: str, champion_alias: str = "champion", last: int = 5) -> 
     return ModelStatus(
         name=name, champion=champion, promoted_at=promoted.when if promoted else None,
         promoted_why=promoted.why if promoted else None, runs=[_run_line(r) for r in runs],
+        last_retrain=last_retrain(name, list(runs), champion),
     )  # fmt: skip
 
 
+def retrain_lines(retrain: LastRetrain | None) -> list[str]:
+    """The status line of the last retrain: what it was, and what changed since the champion,
+    e.g. ``last retrain: run 0123456789ab (2025-...) vs champion v1, changed: data, config``."""
+    if retrain is None:
+        return []
+    what = "no-op" if retrain.run_id is None else f"run {retrain.run_id[:12]}"
+    against = f" vs champion v{retrain.compared_with}, changed" if retrain.compared_with else ""
+    return [f"  last retrain: {what} ({retrain.started}){against}: {retrain.summary}"]
+
+
 def render_status(status: ModelStatus, schedule_lines: list[str]) -> str:
-    """Plain text for the console: champion, lineage headline, recent runs, schedule."""
+    """Plain text for the console: champion, lineage headline, what the last retrain
+    changed, recent runs, schedule."""
     c = status.champion
     lines = [f"{status.name}"]
     if c is None:
@@ -115,6 +216,7 @@ def render_status(status: ModelStatus, schedule_lines: list[str]) -> str:
             f"    code: commit {t.get('git.commit', '?')[:12]} dirty {t.get('git.dirty', '?')}",
             f"    test accuracy: {t.get('metric.test_accuracy', '?')}",
         ]
+    lines += retrain_lines(status.last_retrain)
     lines.append(f"  last {len(status.runs)} runs:" if status.runs else "  runs: none")
     for r in status.runs:
         acc = "-" if r.test_accuracy is None else f"{r.test_accuracy:.4f}"

@@ -93,3 +93,59 @@ def test_a_registered_model_without_a_champion_is_no_error(model_run: Any) -> No
     status = model_status(name)  # the model exists: it has no champion yet
     assert status.champion is None and status.runs == []
     assert "champion: none yet" in render_status(status, [])
+
+
+def champion_with_parts(model_run: Any, name: str, tags: dict[str, str]) -> registry.VersionInfo:
+    """A registered champion of ``name`` carrying ``tags``, promoted through the ledger."""
+    run_id = model_run(name)
+    info = registry.register(name, run_id, f"runs:/{run_id}/model", tags, "")
+    registry.move_alias(name, "champion", info.version, "gate passed", "flow", run_id)
+    return info
+
+
+def test_the_last_retrain_names_the_parts_it_changed_then_a_no_op_none(model_run: Any) -> None:
+    from pathlib import Path
+
+    from tlops.config import load_config
+    from tlops.jobs.gate import fingerprint_tags, record_unchanged
+
+    name = unique("parts")
+    smoke = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
+    cfg = load_config(smoke, [f"name={name}"])
+    code = {"code.sha256": "a" * 64, "lock.sha256": "b" * 64}
+    champion = champion_with_parts(model_run, name, fingerprint_tags(cfg, "d" * 32, code))
+    # 1. a retrain on new data with another seed, judged against v1: data and config changed
+    changed = fingerprint_tags(load_config(smoke, [f"name={name}", "train.seed=5"]), "e" * 32, code)
+    retrain = finished_run(name, {**changed, "gate.champion_compared": "1"}, 0.7)
+    found = model_status(name).last_retrain
+    assert found is not None and (found.kind, found.run_id) == ("run", retrain)
+    assert (found.compared_with, found.changed, found.unknown) == ("1", ["data", "config"], [])
+    line = f"  last retrain: run {retrain[:12]} ({found.started}) vs champion v1, changed: data"
+    assert f"{line}, config" in render_status(model_status(name), []).splitlines()
+    # 2. then a retrain that found nothing changed (it leaves no run, only its record)
+    time.sleep(0.01)
+    record_unchanged(cfg, "d" * 32, champion, Path.cwd())
+    status = model_status(name)
+    noop = status.last_retrain
+    assert noop is not None and (noop.kind, noop.run_id, noop.compared_with) == ("no-op", None, "1")
+    assert noop.changed == [] and noop.summary == "nothing: a no-op"
+    assert "vs champion v1, changed: nothing: a no-op" in render_status(status, [])
+    assert status.runs[0].run_id == retrain  # the runs are unchanged
+    assert '"summary":"nothing: a no-op"' in status.model_dump_json()
+
+
+def test_a_champion_older_than_the_part_tags_still_compares(model_run: Any) -> None:
+    name = unique("oldparts")
+    old = {"data.md5": "d" * 32, "code.sha256": "a" * 64, "lock.sha256": "b" * 64,
+           "tlops.fingerprint": "x.y"}  # fmt: skip
+    champion_with_parts(model_run, name, old)
+    parts = {"fingerprint.data": "d" * 12, "fingerprint.config": "c" * 12,
+             "fingerprint.code": "f" * 12, "fingerprint.lock": "b" * 12}  # fmt: skip
+    finished_run(name, {**parts, "gate.champion_compared": "1"}, None)
+    found = model_status(name).last_retrain
+    assert found is not None and found.summary == "code; not recorded: config"
+    first = unique("first")  # a first model: nothing to compare with
+    finished_run(first, {**parts, "gate.champion_compared": "none"}, None)
+    alone = model_status(first)
+    assert alone.last_retrain is not None and alone.last_retrain.compared_with is None
+    assert ": no champion to compare with" in render_status(alone, [])
