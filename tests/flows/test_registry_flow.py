@@ -159,8 +159,7 @@ def test_promote_reject_promote_with_ledger_lineage_and_predict(
     # pyfunc: the registered version labels encoded images, as tlops predict does
     import pandas as pd
 
-    mlflow.set_tracking_uri(tracked)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")  # $MLFLOW_TRACKING_URI
     answer = model.predict(pd.DataFrame({"image": [Path(rows[0]["path"]).read_bytes()]}))
     assert answer.iloc[0]["label"] == rows[0]["top"][0][0]
     probs = np.array(list(answer.iloc[0]["probabilities"].values()))

@@ -96,13 +96,19 @@ def signature(example: Any, output: Any) -> Any:
 @contextmanager
 def _fluent_defaults(uri: str, experiment_id: str) -> Iterator[None]:
     """Within the block MLflow's fluent API uses tlops' store and the run's experiment:
-    ``Model.log`` takes a run id but resolves the store from MLflow's global default and puts
-    the LoggedModel in the default experiment otherwise (the run's is where its Models tab is).
+    ``Model.log`` takes a run id but resolves the store from MLflow's global default (a URI
+    set in-process with ``mlflow.set_tracking_uri``, else the environment) and puts the
+    LoggedModel in the default experiment otherwise (the run's is where its Models tab is).
     """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id})
     try:
-        yield
+        # a URI set with ``mlflow.set_tracking_uri`` (by the caller's own code) wins over the
+        # environment: MLflow's own context sets it for the block and puts the old one back
+        with _use_tracking_uri(uri):
+            yield
     finally:
         for key, value in saved.items():
             if value is None:

@@ -113,3 +113,26 @@ def test_a_registered_version_carries_the_model_id_and_finds_its_files(
         keras_file, meta = registry.model_files(folder)
         assert keras_file.relative_to(folder).as_posix() == "artifacts/model.keras"
         assert meta["classes"] == CLASSES
+
+
+def test_a_tracking_uri_set_in_process_does_not_send_the_model_elsewhere(
+    mlflow_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in the suite: an earlier test of the process had called ``mlflow.set_tracking_uri``
+    (MLflow's global wins over the environment), so ``Model.log`` looked for the run in that
+    other store ("Run with id ... not found")."""
+    import mlflow
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    mlflow.set_tracking_uri(other)  # also sets $MLFLOW_TRACKING_URI: set it back, as a test would
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    try:
+        run_id = tracking.start_run(f"elsewhere-{uuid.uuid4().hex[:8]}", "train", {}, {})
+        meta = {"classes": CLASSES, "binary": False, "image_size": SIZE, "backbone": "none"}
+        model = log_image_model(run_id, brightness_model(tmp_path / "m.keras"), meta)
+        tracking.finish_run(run_id)
+        assert mlflow.get_tracking_uri() == other  # MLflow's global is put back
+    finally:
+        mlflow.set_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    assert tracking.client().get_logged_model(model.model_id).source_run_id == run_id
