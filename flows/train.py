@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from flows.startup import training_ahead
 from flows.validate import validate_flow
 from tasks.data import recheck_data_task, resolve_data_task
 from tasks.gate import gate_task, unchanged_task
@@ -130,6 +131,7 @@ def train_flow(
                 model_name=config.model_name, champion_version=champion.version,
                 data_md5=resolved.md5, reconciled=reconciled,
             )  # fmt: skip
+    training_ahead()  # the background imports go on to TensorFlow (flows/startup.py)
     validation = validate_flow(config, resolved)
     ctx = RunContext.of(config, validation, flow_run_id, policy, trigger)
     ctx = ctx.with_run(start_tracking_task(ctx))
