@@ -249,6 +249,26 @@ def median_ms(call: Any, repeats: int) -> float:
     return statistics.median(seconds) * 1000
 
 
+def scoring_in_process_ms(name: str, request: bytes) -> Json:
+    """Median ms of MLflow's scoring function for one request, in this process: called
+    directly, and in a worker thread as the scoring server calls it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow.pyfunc
+    from mlflow.pyfunc.scoring_server import invocations
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    schema = model.metadata.get_input_schema()
+    text = request.decode()
+
+    def call() -> Any:
+        return invocations(text, "application/json", model, schema)
+
+    with ThreadPoolExecutor(1) as pool:
+        threaded = median_ms(lambda: pool.submit(call).result(), 50)
+    return {"direct": rounded(median_ms(call, 50), 2), "worker_thread": rounded(threaded, 2)}
+
+
 def serving(settings: Settings, keras_file: Path, meta: Json, files: list[Path], tmp: Path) -> Json:
     """The served champion under load, with the model's own batch-1 latency beside it."""
     import keras
@@ -270,6 +290,7 @@ def serving(settings: Settings, keras_file: Path, meta: Json, files: list[Path],
     step = settings.batch
     batches = [body(encoded[i : i + step]) for i in range(0, len(encoded) - step + 1, step)]
     name = register_champion(keras_file, meta)
+    scoring_ms = scoring_in_process_ms(name, body([first]))
     levels: dict[str, list[Json]] = {"single": [], f"batch_{settings.batch}": []}
     with served(name, tmp / "serve.log") as port:
         load(port, singles, 1, 5, 1)  # warm-up: the first requests build the predict function
@@ -285,6 +306,9 @@ def serving(settings: Settings, keras_file: Path, meta: Json, files: list[Path],
     return {
         "model_batch1_ms": rounded(own_ms, 2),
         "pyfunc_answer_in_process_ms": rounded(answer_ms, 2),
+        # MLflow's own request handling (JSON -> DataFrame -> schema -> predict -> JSON), in
+        # this process, without HTTP, then as the server runs it (in a worker thread)
+        "mlflow_scoring_in_process_ms": scoring_ms,
         "served_p50_ms_concurrency_1": at_one,
         "serving_overhead": rounded(overhead, 3),
         "levels": levels,
