@@ -13,6 +13,7 @@ whole, and only the contract's formats are ever handed to Pillow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -309,7 +310,8 @@ def _remember(
             known[md5] = {c: row.get(c) for c in CONTENT_COLUMNS}
             added += 1
     if added:
-        save_rows(row_cache, known)
+        with contextlib.suppress(OSError):  # a cache that cannot be written costs a re-read
+            save_rows(row_cache, known)
 
 
 def scan(
