@@ -34,6 +34,8 @@ def _unsafe(char: str) -> bool:
 
 def name_problem(name: str) -> str | None:
     """Why a file or folder name (as ``os.fsdecode`` gives it) is unsafe, or None when it is not."""
+    if name.isascii() and name.isprintable():  # the common case, without a look at each char
+        return None
     if any(_undecodable(c) for c in name):
         return "file name is not valid UTF-8"
     if any(_unsafe(c) for c in name):

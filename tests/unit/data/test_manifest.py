@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import struct
+import unicodedata
 import zlib
 from pathlib import Path
 
@@ -176,6 +177,10 @@ def test_escaping_is_reversible_so_names_never_merge() -> None:
     assert escape("x\ny\u202e") == "x\\ny\\u202e"
     assert name_problem("mon chat é 猫 🐱.png") is None
     assert name_problem("a\udcff") and name_problem("a\tb") and name_problem("r\u202eevil")
+    # every ASCII character: the fast path for plain names agrees with the look at each char
+    for code in range(128):
+        unsafe = unicodedata.category(chr(code)) == "Cc"
+        assert (name_problem(f"a{chr(code)}b.png") is not None) == unsafe, code
 
 
 def test_symlink_loop_is_a_row_not_an_error(tmp_path: Path) -> None:

@@ -111,3 +111,27 @@ def test_the_contract_names_both_files_and_draws_the_pairs(tmp_path: Path) -> No
     assert run_contract(manifest, counts, off).success
     pairs = near_pairs(manifest, 6, ("train", "val", "test"))
     assert pairs[["path", "other"]].values.tolist() == [["test/cat/copy.jpg", "train/cat/2.png"]]
+
+
+def test_the_band_search_finds_exactly_the_pairs_of_the_full_comparison(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pigeonhole: two hashes at most d bits apart are equal on one of d + 1 bands; random,
+    planted and skewed (many equal bands) hashes, at several distances."""
+    from tlops.data import near_duplicates as nd
+
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 2**63, 3000, dtype=np.uint64) << np.uint64(1)
+    right = rng.integers(0, 2**63, 600, dtype=np.uint64)
+    for k in range(60):  # near copies, 0 to 9 bits apart
+        value = int(left[k * 7])
+        for bit in rng.choice(64, int(rng.integers(0, 10)), replace=False):
+            value ^= 1 << int(bit)
+        right[k] = np.uint64(value)
+    left[:400] &= np.uint64(0xFFFFF)  # skewed: the high bands all zero
+    right[100:200] &= np.uint64(0xFFFFF)
+    monkeypatch.setattr(nd, "BRUTE_PAIRS", 0)  # the band search even on small inputs
+    for distance in (0, 2, 6, 9):
+        expected = sorted(nd._brute_pairs(left, right, distance))
+        assert nd.hamming_pairs(left, right, distance) == expected
+        assert len(expected) >= 1
