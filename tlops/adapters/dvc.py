@@ -254,14 +254,6 @@ def worktree_hash(repo: Path, dvc_file: str, full: bool = False) -> TreeHash:
     return TreeHash(str(obj.hash_info.value), int(meta.nfiles or 0), int(meta.size or 0), files)
 
 
-def _has_links(source: Path) -> bool:
-    """Whether any file or folder under ``source`` is a symlink (``cache.type: symlink``)."""
-    for dirpath, dirnames, filenames in os.walk(source):
-        if any(Path(dirpath, name).is_symlink() for name in (*dirnames, *filenames)):
-            return True
-    return False
-
-
 def write_listing(cache: Path, tree: TreeHash) -> Path:
     """The tree's file list (relative path -> md5) as ``<cache>/listings/<md5>.json``: what
     the manifest scans (so ``.dvcignore``-d files are never in it). Its content is fixed by
@@ -315,8 +307,9 @@ def _cache_object(target: Path, cache: Path) -> bool:
     return target.is_file() and _CACHE_OBJECT.fullmatch(relative) is not None
 
 
-def check_links(source: Path, allowed: tuple[Path, ...] = ()) -> None:
-    """Refuse symlinks in ``source`` that leave it (or the ``allowed`` folders), dangle or loop.
+def check_links(source: Path, allowed: tuple[Path, ...] = ()) -> bool:
+    """Refuse symlinks in ``source`` that leave it (or the ``allowed`` folders), dangle or loop;
+    return whether it holds any (accepted) link.
 
     Runs before anything is hashed or copied: both follow links, so an outward link would bring
     a file from outside into the data and the contract, which scans the copy, would never see
@@ -325,19 +318,24 @@ def check_links(source: Path, allowed: tuple[Path, ...] = ()) -> None:
     """
     root = source.resolve()
     found: list[str] = []
+    links = False
     for dirpath, dirnames, filenames in os.walk(source):  # never descends into a linked folder
         for name in (*dirnames, *filenames):
             path = Path(dirpath, name)
-            if path.is_symlink() and (problem := _link_problem(path, root, allowed)):
+            if not path.is_symlink():
+                continue
+            links = True
+            if problem := _link_problem(path, root, allowed):
                 found.append(f"{_show(path.relative_to(source).as_posix())} ({problem})")
-    if found:
-        shown = ", ".join(found[:NAMED_IN_MESSAGE])
-        more = len(found) - NAMED_IN_MESSAGE
-        shown += f" and {more} more" if more > 0 else ""
-        raise ContractFailedError(
-            f"data contract failed: inside_folder (files stay inside the data folder "
-            f"{_show(str(source))}, no outward, broken or looping symlinks): {shown}"
-        )
+    if not found:
+        return links
+    shown = ", ".join(found[:NAMED_IN_MESSAGE])
+    more = len(found) - NAMED_IN_MESSAGE
+    shown += f" and {more} more" if more > 0 else ""
+    raise ContractFailedError(
+        f"data contract failed: inside_folder (files stay inside the data folder "
+        f"{_show(str(source))}, no outward, broken or looping symlinks): {shown}"
+    )
 
 
 def _dvc_cache_dir(repo: Path) -> Path:
@@ -627,7 +625,7 @@ def resolve_data(
                 f"data contract failed: inside_folder: {_show(data_path)} is a symlink to "
                 f"{_show(str(source.resolve()))}, outside the repository {_show(str(repo))}"
             )
-        check_links(source, (_dvc_cache_dir(repo),))
+        linked = check_links(source, (_dvc_cache_dir(repo),))
         tree = worktree_hash(repo, config.dvc_file, full)
         if tree.md5 != md5:
             if not config.allow_dirty:
@@ -638,7 +636,7 @@ def resolve_data(
                 )
             md5, nfiles, size, dirty = tree.md5, tree.nfiles, tree.size, True
         listing = str(write_listing(cache, tree))
-        if _has_links(source):  # links into DVC's cache: a copy of real files, as before
+        if linked:  # links into DVC's cache: a copy of real files, as before
             copy = lambda dest: _copy_tree(source, dest, tree.files)  # noqa: E731
             path = _materialize(cache, md5, copy, full, tell)
         else:  # read where it is: no second copy of the data

@@ -31,6 +31,8 @@ FOLDS = 5
 NEIGHBOURS = 15
 #: Fewest images of every class for a search at all.
 MIN_PER_CLASS = 2
+#: The files of a review: the report, the table and the thumbnails (only with suspects).
+REPORT, TABLE, SHEET = "label_suspects.md", "label_suspects.csv", "label_suspects.png"
 
 
 @dataclass(frozen=True)
@@ -168,10 +170,10 @@ def write_review(review: LabelReview, root: Path, out_dir: Path) -> list[Path]:
         )
         for s in review.suspects
     ]
-    sheet = draw_sheet(root, rows, out_dir / "label_suspects.png")
+    sheet = draw_sheet(root, rows, out_dir / SHEET)
     if sheet is not None:
         written.append(sheet)
-    table = out_dir / "label_suspects.csv"
+    table = out_dir / TABLE
     with table.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -181,6 +183,6 @@ def write_review(review: LabelReview, root: Path, out_dir: Path) -> list[Path]:
             writer.writerow(
                 [s.path, s.given, s.predicted, s.given_probability, s.predicted_probability]
             )
-    markdown = out_dir / "label_suspects.md"
+    markdown = out_dir / REPORT
     markdown.write_text(review_markdown(review, sheet.name if sheet else None), encoding="utf-8")
     return [markdown, table, *written]

@@ -91,6 +91,7 @@ class _Entry:
     label: str
     name_error: str = ""  # why the name is unsafe; such a file is never read
     walk_error: str = ""  # a folder that could not be listed
+    raw: str = ""  # the relative path as the file system has it (unescaped): the listing's key
 
 
 def _shown(name: str) -> str:
@@ -141,7 +142,8 @@ def _entry(root: Path, abspath: Path, layout: Layout, walk_error: str = "") -> _
         split = ""
         label = shown[0] if len(parts) == 2 else ""
     name_error = f"{problems[0]}; not read" if problems else ""
-    return _Entry(abspath, "/".join(shown), split, label, name_error, walk_error)
+    raw = "/".join(parts)
+    return _Entry(abspath, "/".join(shown), split, label, name_error, walk_error, raw)
 
 
 def _walk(root: Path, layout: Layout) -> Iterator[_Entry]:
@@ -287,11 +289,6 @@ def _limit_key(limits: Limits) -> tuple[tuple[str, ...], int, int]:
     return tuple(limits.formats), limits.max_bytes, limits.max_pixels
 
 
-def _raw(entry: _Entry, root: Path) -> str:
-    """The entry's relative path as the file system has it (unescaped)."""
-    return entry.abspath.relative_to(root).as_posix()
-
-
 def _path_columns(entry: _Entry) -> dict[str, Any]:
     """The columns of a row that come from where the file is, not from its bytes."""
     return {"path": entry.relpath, "split": entry.split, "label": entry.label,
@@ -300,12 +297,12 @@ def _path_columns(entry: _Entry) -> dict[str, Any]:
 
 def _remember(
     row_cache: Path, known: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
-    entries: list[_Entry], md5s: Mapping[str, str], root: Path,
+    entries: list[_Entry], md5s: Mapping[str, str],
 ) -> None:  # fmt: skip
     """Add the content of the rows read now (regular files of known md5) to the cache."""
     added = 0
     for entry, row in zip(entries, rows, strict=True):
-        md5 = md5s.get(_raw(entry, root))
+        md5 = md5s.get(entry.raw)
         if md5 and md5 not in known and row["name_ok"] and not row["symlink"] and row["bytes"]:
             known[md5] = {c: row.get(c) for c in CONTENT_COLUMNS}
             added += 1
@@ -334,14 +331,14 @@ def scan(
     layout = detect_layout(root, split_names)
     entries = list(_walk(root, layout))
     if tracked is not None:  # files .dvcignore leaves out are not the data's
-        entries = [e for e in entries if e.name_error or e.walk_error or _raw(e, root) in tracked]
+        entries = [e for e in entries if e.name_error or e.walk_error or e.raw in tracked]
     limits = limits or Limits()
     cache = None if row_cache is None else cache_file(row_cache, *_limit_key(limits))
     known = load_rows(cache) if cache is not None else {}
     md5s = tracked or {}
 
     def row_of(entry: _Entry) -> dict[str, Any]:
-        md5 = md5s.get(_raw(entry, root)) if not entry.name_error else None
+        md5 = md5s.get(entry.raw) if not entry.name_error else None
         if md5 in known and not entry.abspath.is_symlink():
             return {**_path_columns(entry), **known[md5]}
         return read_entry(entry, root, limits)
@@ -350,7 +347,7 @@ def scan(
     with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
         rows = list(pool.map(row_of, entries, chunksize=64))
     if cache is not None and md5s:
-        _remember(cache, known, rows, entries, md5s, root)
+        _remember(cache, known, rows, entries, md5s)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("width", "height", "channels", "bit_depth", "bytes"):
         frame[col] = frame[col].astype("Int64")

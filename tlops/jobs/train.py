@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from tlops.adapters import tracking
 from tlops.backbones import get_spec
 from tlops.config import RunConfig
+from tlops.data import label_errors
 from tlops.data.inputs import SplitData, load_images, read_split
 from tlops.data.label_errors import LabelReview, review_labels, write_review
 from tlops.data.version import DataVersion
@@ -187,7 +188,7 @@ def label_check(
             why = review.skipped or f"{review.fraction:.1%} is over {limit:.1%}"
             raise LabelErrorLimitError(
                 f"{images_root}: contract.max_label_error_fraction: {why}. {review.line()} "
-                f"(report: {out_dir / 'label_suspects.md'})"
+                f"(report: {out_dir / label_errors.REPORT})"
             )
 
     return check
@@ -198,7 +199,7 @@ def review_facts(found: list[LabelReview], out_dir: Path) -> dict[str, Any]:
     if not found:
         return {}
     review = found[-1]
-    files = [out_dir / f"label_suspects.{ext}" for ext in ("md", "csv", "png")]
+    files = [out_dir / n for n in (label_errors.REPORT, label_errors.TABLE, label_errors.SHEET)]
     metrics = {} if review.skipped else {
         "label_suspects_flagged": float(review.flagged),
         "label_suspects_fraction": round(review.fraction, 4),
