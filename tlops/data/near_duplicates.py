@@ -2,12 +2,13 @@
 Hamming distance.
 
 A resized, re-encoded, brightened or slightly cropped copy of a training image in the test
-split has another sha256 but nearly the same perceptual hash (``imagehash.phash``: the signs
-of the low frequencies of a 32x32 grey DCT, 64 bits). A crop moves those frequencies, so each
-image also gets the hashes of its central 94 % and 86 %: a copy cropped by a few percent per
-side hashes like one of those. :func:`near_pairs` compares the whole-image hashes of one split
-with all hashes of the others and back (vectorized XOR and popcount, in chunks), and keeps the
-pairs at most ``max_distance`` bits apart; exact copies are the ``leakage`` rule's.
+split has another sha256 but nearly the same perceptual hash (:func:`phash`, bit for bit
+``imagehash.phash``: the signs of the low frequencies of a 32x32 grey DCT, 64 bits). A crop
+moves those frequencies, so each image also gets the hashes of its central 94 % and 86 %: a
+copy cropped by a few percent per side hashes like one of those. :func:`near_pairs` compares
+the whole-image hashes of one split with all hashes of the others and back (vectorized XOR and
+popcount, in chunks), and keeps the pairs at most ``max_distance`` bits apart; exact copies are
+the ``leakage`` rule's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from tlops.data.sheets import SheetRow, draw_sheet
 
@@ -32,26 +34,84 @@ BRUTE_PAIRS = 4_000_000
 BAND_CHUNK = 8192
 
 
-def _phash(gray: Any) -> str:
-    import imagehash
+#: Side of the grey image whose DCT is taken (imagehash: hash_size 8 x highfreq_factor 4).
+DCT_SIDE = 32
+#: Side of the block of lowest frequencies whose signs against their median are the 64 bits.
+HASH_SIDE = 8
+#: Coefficients closer than this to their median may compare otherwise under scipy's FFT
+#: rounding (a flat image, a symmetric one): such a hash is computed as imagehash does.
+TIE_TOLERANCE = 1e-3
 
-    return str(imagehash.phash(gray))
+
+def _dct_matrix() -> np.ndarray:
+    """The rows of scipy's unnormalized DCT-II of length :data:`DCT_SIDE` for the
+    :data:`HASH_SIDE` lowest frequencies: ``2 cos(pi k (2n + 1) / 2N)``."""
+    k = np.arange(HASH_SIDE, dtype=np.float64)[:, None]
+    n = np.arange(DCT_SIDE, dtype=np.float64)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2.0 * n + 1.0) / (2.0 * DCT_SIDE))
+
+
+_DCT = _dct_matrix()
+
+
+def _hash_pixels(gray: Any) -> np.ndarray:
+    """The (32, 32) uint8 pixels imagehash hashes: a mode ``L`` image resized with LANCZOS."""
+    small = gray.resize((DCT_SIDE, DCT_SIDE), Image.Resampling.LANCZOS)
+    return np.frombuffer(small.tobytes(), dtype=np.uint8).reshape(DCT_SIDE, DCT_SIDE)
+
+
+def _exact_bits(pixels: np.ndarray) -> np.ndarray:
+    """The 64 bits of one hash exactly as ``imagehash.phash`` computes them (scipy's DCT)."""
+    import scipy.fftpack
+
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
+    low = dct[:HASH_SIDE, :HASH_SIDE]
+    bits: np.ndarray = (low > np.median(low)).reshape(-1)
+    return bits
+
+
+def _hash_bits(pixels: np.ndarray) -> np.ndarray:
+    """(n, 64) bits of ``n`` stacked (32, 32) pixel blocks: the signs of the 8x8 lowest
+    frequencies of the 2-D DCT-II against their median, row by row like ``imagehash``.
+
+    The low block is two small matrix products (not two full FFTs); a hash with a coefficient
+    within :data:`TIE_TOLERANCE` of its median is redone the exact way, so the bits always
+    equal ``imagehash.phash``'s.
+    """
+    low = (_DCT @ pixels.astype(np.float64) @ _DCT.T).reshape(len(pixels), -1)
+    ordered = np.sort(low, axis=1)
+    middle = HASH_SIDE * HASH_SIDE // 2
+    median = (ordered[:, middle - 1] + ordered[:, middle]) / 2
+    bits: np.ndarray = low > median[:, None]
+    for i in np.flatnonzero(ordered[:, middle] - ordered[:, middle - 1] < 2 * TIE_TOLERANCE):
+        bits[i] = _exact_bits(pixels[i])
+    return bits
+
+
+def _hex(bits: np.ndarray) -> str:
+    """64 bits (first bit most significant) as 16 hex digits, like ``str(ImageHash)``."""
+    return np.packbits(bits).tobytes().hex()
+
+
+def phash(img: Any) -> str:
+    """``str(imagehash.phash(img))`` (hash size 8, high-frequency factor 4), bit for bit."""
+    return _hex(_hash_bits(_hash_pixels(img.convert("L"))[None])[0])
 
 
 def perceptual_hash(img: Any) -> str | None:
-    """The 64-bit pHashes of a decoded Pillow image and of its central crops, as
-    ``"whole,crop94,crop86"`` (16 hex digits each); None if they cannot be made."""
+    """The 64-bit pHashes (:func:`phash`) of a decoded Pillow image and of its central crops,
+    as ``"whole,crop94,crop86"`` (16 hex digits each); None if they cannot be made."""
     try:
         gray = img.convert("L")
         factor = max(1, min(gray.size) // HASH_INPUT_SIDE)
         if factor > 1:  # a box reduction first: the hash's own resize then costs nothing
             gray = gray.reduce(factor)
-        hashes = [_phash(gray)]
         width, height = gray.size
+        blocks = [_hash_pixels(gray)]
         for keep in CENTER_CROPS:
             dx, dy = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
-            hashes.append(_phash(gray.crop((dx, dy, width - dx, height - dy))))
-        return ",".join(hashes)
+            blocks.append(_hash_pixels(gray.crop((dx, dy, width - dx, height - dy))))
+        return ",".join(_hex(bits) for bits in _hash_bits(np.stack(blocks)))
     except (OSError, ValueError):
         return None
 

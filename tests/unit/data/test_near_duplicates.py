@@ -14,7 +14,14 @@ from PIL import Image, ImageEnhance
 
 from tlops.config import ContractConfig, SplitConfig
 from tlops.data.contract import run_contract
-from tlops.data.near_duplicates import hamming_pairs, near_pairs, perceptual_hash
+from tlops.data.near_duplicates import (
+    CENTER_CROPS,
+    HASH_INPUT_SIDE,
+    hamming_pairs,
+    near_pairs,
+    perceptual_hash,
+    phash,
+)
 from tlops.jobs.validate import build_manifest, check_contract
 
 
@@ -65,6 +72,58 @@ def test_distinct_scenes_are_not_pairs() -> None:
     })  # fmt: skip
     limit = ContractConfig().near_duplicate_distance or 0
     assert near_pairs(manifest, limit, ("train", "val", "test")).empty
+
+
+def varied_images() -> list[Image.Image]:
+    """~50 images: random noise, smooth scenes, flat, two-level and gradient ones, in grey,
+    RGB, RGBA and palette modes, tiny to large, square and elongated."""
+    rng = np.random.default_rng(7)
+    images: list[Image.Image] = []
+    for i in range(48):
+        width, height = (int(v) for v in rng.integers(1, 300, 2))
+        kind = i % 6
+        if kind == 0:
+            img = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8))
+        elif kind == 1:
+            img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        elif kind == 2:
+            img = scene(i, (max(width, 8), max(height, 8)))
+        elif kind == 3:
+            img = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        elif kind == 4:
+            halves = np.zeros((height, width), dtype=np.uint8)
+            halves[:, : width // 2] = int(rng.integers(1, 256))
+            img = Image.fromarray(halves)
+        else:
+            ramp = np.linspace(0, int(rng.integers(1, 256)), width).astype(np.uint8)
+            img = Image.fromarray(np.tile(ramp, (height, 1)))
+        images.append(img)
+    images += [Image.new("L", (64, 48), 0), Image.new("L", (64, 48), 255)]
+    images += [scene(1).convert("RGBA"), scene(2).convert("P"), scene(3, (1000, 20))]
+    return images
+
+
+def test_phash_is_imagehash_phash_bit_for_bit() -> None:
+    import imagehash
+
+    for img in varied_images():
+        assert phash(img) == str(imagehash.phash(img)), (img.mode, img.size)
+
+
+def test_perceptual_hash_is_the_imagehash_of_the_whole_image_and_its_central_crops() -> None:
+    import imagehash
+
+    for img in varied_images():
+        gray = img.convert("L")
+        factor = max(1, min(gray.size) // HASH_INPUT_SIDE)
+        gray = gray.reduce(factor) if factor > 1 else gray
+        width, height = gray.size
+        expected = [str(imagehash.phash(gray))]
+        for keep in CENTER_CROPS:
+            dx, dy = round(width * (1 - keep) / 2), round(height * (1 - keep) / 2)
+            crop = gray.crop((dx, dy, width - dx, height - dy))
+            expected.append(str(imagehash.phash(crop)))
+        assert perceptual_hash(img) == ",".join(expected), (img.mode, img.size)
 
 
 def test_hamming_pairs_finds_every_pair_within_the_distance() -> None:
