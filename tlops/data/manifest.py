@@ -37,7 +37,7 @@ from tlops.data.inputs import (
     open_image,
     strict_decoding,
 )
-from tlops.data.near_duplicates import perceptual_hash
+from tlops.data.near_duplicates import HASH_INPUT_SIDE, perceptual_hash
 from tlops.data.rowcache import CONTENT_COLUMNS, cache_file, load_rows, save_rows
 from tlops.errors import DataError
 from tlops.safetext import escape, name_problem, one_line
@@ -238,6 +238,15 @@ def _read_file(path: Path, limits: Limits) -> dict[str, Any]:
     return out
 
 
+def _draft(img: Image.Image) -> None:
+    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling) while its short side
+    stays at least :data:`HASH_INPUT_SIDE`: the perceptual hash looks at no more. The mode is
+    kept, and the whole entropy-coded data is still read, so a truncated or broken file fails
+    as it does at full scale."""
+    if img.format == "JPEG" and min(img.size) >= 2 * HASH_INPUT_SIDE:
+        img.draft(img.mode, (HASH_INPUT_SIDE, HASH_INPUT_SIDE))
+
+
 def _decode(
     source: bytes | IO[bytes],
     formats: Sequence[str] = SUPPORTED_FORMATS,
@@ -263,6 +272,7 @@ def _decode(
             if img.format == "PNG":
                 img.verify()  # checks chunk CRCs, which load() does not
         with open_image(fp, formats, max_pixels) as img:
+            _draft(img)
             img.load()
             channels = len(img.getbands())
             phash = perceptual_hash(img)

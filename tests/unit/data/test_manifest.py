@@ -248,3 +248,49 @@ def test_max_pixels_refuses_before_decoding() -> None:
     result = _decode(_png((40, 40)), max_pixels=1599)
     assert result["decodable"] is None and "1600 pixels" in result["error"]
     assert _decode(_png((40, 40)), max_pixels=1600)["decodable"] is True
+
+
+# --- a large JPEG is decoded at a reduced scale (libjpeg's DCT scaling) for its hash ----------
+
+
+def _jpeg(size: tuple[int, int], mode: str = "RGB", progressive: bool = False) -> bytes:
+    """A photo-like (smooth blobs and a little noise) JPEG of ``size`` in ``mode``."""
+    rng = np.random.default_rng(3)
+    blobs = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    smooth = np.asarray(blobs.resize(size, Image.Resampling.BICUBIC), dtype=np.float64)
+    pixels = np.clip(smooth + rng.normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", quality=90, progressive=progressive)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGB", 3), ("L", 1), ("CMYK", 4)])
+def test_a_large_jpeg_keeps_its_own_header_and_a_close_hash(mode: str, channels: int) -> None:
+    from tlops.data.near_duplicates import perceptual_hash
+
+    data = _jpeg((800, 600), mode)
+    row = _decode(data)
+    assert row["decodable"] is True and not row.get("error")
+    header = (row["format"], row["mode"], row["width"], row["height"], row["channels"])
+    assert header == ("JPEG", mode, 800, 600, channels)
+    assert row["bit_depth"] == 8
+    with Image.open(io.BytesIO(data)) as full:  # every pixel decoded
+        full.load()
+        expected = perceptual_hash(full)
+    assert expected is not None and row["phash"] is not None
+    for ours, theirs in zip(row["phash"].split(","), expected.split(","), strict=True):
+        assert bin(int(ours, 16) ^ int(theirs, 16)).count("1") <= 6
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_truncated_or_garbled_large_jpeg_is_not_decodable(progressive: bool) -> None:
+    """Drafted (800x600 is decoded at 1/8), the whole entropy-coded data is still read."""
+    data = _jpeg((800, 600), progressive=progressive)
+    half = len(data) // 2
+    broken = [data[:half]]  # truncated
+    for garbage in (b"\xff\xc4" * 64, b"\xff\xd8" * 64):  # stray markers in the scan data
+        broken.append(data[:half] + garbage + data[half + len(garbage) :])
+    for case, bad in enumerate(broken):
+        row = _decode(bad)
+        assert row["decodable"] is False, case
+        assert row["format"] == "JPEG" and row["error"].startswith("cannot decode: "), case
