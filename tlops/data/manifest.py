@@ -247,6 +247,15 @@ def _draft(img: Image.Image) -> None:
         img.draft(img.mode, (HASH_INPUT_SIDE, HASH_INPUT_SIDE))
 
 
+def _content(img: Image.Image) -> dict[str, Any]:
+    """Decode every pixel of an opened image (a large JPEG at a reduced scale, see
+    :func:`_draft`); its channel count and perceptual hash. Raises one of
+    :data:`DECODE_ERRORS` for pixels that cannot be decoded."""
+    _draft(img)
+    img.load()
+    return {"channels": len(img.getbands()), "phash": perceptual_hash(img)}
+
+
 def _decode(
     source: bytes | IO[bytes],
     formats: Sequence[str] = SUPPORTED_FORMATS,
@@ -257,13 +266,16 @@ def _decode(
 
     Only ``formats`` are handed to Pillow. An image over ``max_pixels`` (or Pillow's own
     limit) keeps the format and size of its header and is never decoded (``decodable``
-    unset: the contract's ``max_pixels`` rule names it).
+    unset: the contract's ``max_pixels`` rule names it). Format, mode and size are always the
+    header's. One open decodes the image, except a PNG: its chunk CRCs are checked first by
+    ``verify()``, which leaves that open image unusable.
     """
     fp: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
     fp.seek(0)
     if not fp.read(1):
         return {"decodable": False, "error": "empty file (0 bytes)"}
     header: dict[str, Any] = {}  # Image.open itself may raise (e.g. DecompressionBombError)
+    content: dict[str, Any] | None = None
     try:
         with identify_image(fp, formats) as img:
             header = {"format": img.format, "mode": img.mode, "width": img.width,
@@ -271,11 +283,11 @@ def _decode(
             check_pixels(img, max_pixels)
             if img.format == "PNG":
                 img.verify()  # checks chunk CRCs, which load() does not
-        with open_image(fp, formats, max_pixels) as img:
-            _draft(img)
-            img.load()
-            channels = len(img.getbands())
-            phash = perceptual_hash(img)
+            else:
+                content = _content(img)
+        if content is None:
+            with open_image(fp, formats, max_pixels) as img:
+                content = _content(img)
     except UnidentifiedImageError:
         allowed = ", ".join(formats)
         error = f"not an image Pillow can identify (allowed formats: {allowed})"
@@ -288,10 +300,7 @@ def _decode(
     except DECODE_ERRORS as exc:
         return {"decodable": False, "format": header.get("format"),
                 "error": f"cannot decode: {one_line(exc)}"}  # fmt: skip
-    return {
-        **header, "decodable": True, "channels": channels,
-        "bit_depth": _BIT_DEPTH.get(header["mode"], 8), "phash": phash,
-    }  # fmt: skip
+    return {**header, "decodable": True, **content, "bit_depth": _BIT_DEPTH.get(header["mode"], 8)}
 
 
 def _limit_key(limits: Limits) -> tuple[tuple[str, ...], int, int]:

@@ -294,3 +294,16 @@ def test_a_truncated_or_garbled_large_jpeg_is_not_decodable(progressive: bool) -
         row = _decode(bad)
         assert row["decodable"] is False, case
         assert row["format"] == "JPEG" and row["error"].startswith("cannot decode: "), case
+
+
+def test_a_png_with_a_wrong_chunk_crc_is_not_decodable_though_its_pixels_load() -> None:
+    """``load()`` ignores chunk CRCs; the scan's ``verify()`` of every PNG does not."""
+    png = bytearray(_png((24, 20), seed=4))
+    idat = png.index(b"IDAT")
+    end = idat + 4 + int.from_bytes(png[idat - 4 : idat], "big")  # the IDAT chunk's CRC
+    png[end : end + 4] = bytes(b ^ 0xFF for b in png[end : end + 4])
+    with Image.open(io.BytesIO(bytes(png))) as img:
+        img.load()  # Pillow decodes it without complaint
+    row = _decode(bytes(png))
+    assert row["decodable"] is False and row["format"] == "PNG"
+    assert row["error"].startswith("cannot decode: ")
