@@ -93,6 +93,6 @@ def test_a_full_disk_while_checkpointing_exits_5_and_leaves_no_temporaries(
     assert "Traceback" not in output
     (line,) = _error_lines(done.stderr)
     assert line.startswith(f"error: storage failed: {checkpoints}/"), line
-    assert line.endswith(".weights.h5: No space left on device (ENOSPC)"), line
+    assert line.endswith(".weights.npz: No space left on device (ENOSPC)"), line
     left = listing.read_text()
     assert ".tmp" not in left, left  # the partial weights file is gone

@@ -117,6 +117,20 @@ def _fluent_defaults(uri: str, experiment_id: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+class _CheckedPyfunc:
+    """``mlflow.pyfunc`` as ``Model.log``'s flavor, without MLflow's own try of the input
+    example: it loads the model a second time and only warns when the example fails, where
+    :func:`log_image_model` has already answered it with the loaded model, and raises."""
+
+    __name__ = mlflow.pyfunc.__name__
+
+    @staticmethod
+    def save_model(**kwargs: Any) -> None:
+        """``mlflow.pyfunc.save_model`` (``Model.log`` hands it the flag it reads itself)."""
+        kwargs.pop("validate_serving_input", None)
+        mlflow.pyfunc.save_model(**kwargs)
+
+
 @dataclass(frozen=True)
 class LoggedImageModel:
     """Where a logged image model is: its ``model_id`` and its ``models:/`` URI."""
@@ -145,10 +159,11 @@ def log_image_model(
         meta_file.write_text(json.dumps(meta, indent=1), encoding="utf-8")
         with _fluent_defaults(tracking_uri(), experiment):
             info = Model.log(
-                artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                artifact_path=None, name=name, flavor=_CheckedPyfunc, run_id=run_id,
                 python_model=ImageClassifier(),
                 artifacts={KERAS_ARTIFACT: str(keras_file), META_ARTIFACT: str(meta_file)},
                 signature=signature(example, output), input_example=example,
                 pip_requirements=model_requirements(keras.backend.backend()),
+                validate_serving_input=False,
             )  # fmt: skip
     return LoggedImageModel(model_id=str(info.model_id), uri=f"models:/{info.model_id}")

@@ -68,6 +68,11 @@ def test_loaded_by_mlflow_it_labels_encoded_images_by_name(logged: tuple[str, st
     assert first["score"] == pytest.approx(max(first["probabilities"].values()))
     inputs = {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}
     assert inputs == {"image": "binary", "path": "string"}
+    # the input example (a real PNG) was logged with it, and answers through the pyfunc
+    local = mlflow.artifacts.download_artifacts(f"models:/{logged[1]}")
+    example = model.metadata.load_input_example(local)
+    assert Image.open(io.BytesIO(example["image"][0])).format == "PNG"
+    assert list(model.predict(example).columns) == ["label", "score", "probabilities"]
 
 
 def test_a_bad_request_is_an_invalid_parameter_naming_the_row(logged: tuple[str, str]) -> None:

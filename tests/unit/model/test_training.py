@@ -277,4 +277,26 @@ def test_a_label_search_that_raises_stops_the_run_before_any_epoch(
     inputs.on_features = refuse
     with pytest.raises(RuntimeError, match="too many suspects"):
         train(_classifier(cfg), cfg, inputs)
-    assert not list((tmp_path / "stop").glob("*.weights.h5"))
+    assert not list((tmp_path / "stop").glob("*.weights.npz"))
+
+
+def test_a_checkpoint_restores_every_variable_and_refuses_another_models(
+    tmp_path: Path,
+) -> None:
+    from tlops.model.training import _load_weights, _save_weights
+
+    cfg = _config()
+    saved, other = _classifier(cfg), _classifier(cfg)  # the same layers, other random values
+    path = tmp_path / "latest.weights.npz"
+    _save_weights(saved.model, path)  # type: ignore[attr-defined]
+    _load_weights(other.model, path)  # type: ignore[attr-defined]
+    pairs = zip(saved.model.weights, other.model.weights, strict=True)  # type: ignore[attr-defined]
+    for before, after in pairs:  # trainable or not (BatchNorm statistics too)
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    wider = load_config(None, ["backbone.name=tiny_cnn", "data.image_size=16"])
+    spec = get_spec("tiny_cnn")
+    three = build_classifier(build_base(spec, 16, None, None), spec, 3, wider.head,
+                             wider.train.augment, 16, 0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"latest\.weights\.npz"):
+        _load_weights(three.model, path)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary left beside it
