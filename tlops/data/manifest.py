@@ -16,16 +16,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import multiprocessing
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from tlops.config import DEFAULT_SPLIT_NAMES, PILLOW_MAX_PIXELS, SPLITS, ContractConfig
 from tlops.data.inputs import (
@@ -49,6 +51,13 @@ COLUMNS = [
 
 #: Names that are never data: VCS and OS leftovers.
 IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore", "desktop.ini"})
+
+#: Files to read from which :func:`scan` reads them in worker processes, not threads: the
+#: interpreter lock keeps threads to about one core, and starting the workers costs about half a
+#: second (2 cores, 64x48 JPEGs: even at 1,000 files, 15 % faster at 2,000, 1.8x at 4,000).
+PROCESS_MIN_FILES = 2_000
+#: Files handed to a worker process at a time (their rows come back together).
+PROCESS_CHUNK = 256
 
 _BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
@@ -330,6 +339,72 @@ def _remember(
             save_rows(row_cache, known)
 
 
+def _pillow_settings() -> tuple[int | None, bool]:
+    """Pillow's process-wide settings that decide what is decoded (its pixel limit, whether a
+    truncated image loads): a worker process takes the caller's."""
+    return Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+
+
+def _read_chunk(
+    entries: list[_Entry], root: Path, limits: Limits, pillow: tuple[int | None, bool]
+) -> list[dict[str, Any]]:
+    """The rows of ``entries``, read in a worker process with the caller's
+    :func:`_pillow_settings` and under its own :func:`strict_decoding` (warning filters are per
+    process)."""
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = pillow
+    with strict_decoding():
+        return [read_entry(entry, root, limits) for entry in entries]
+
+
+def _read_in_threads(
+    entries: list[_Entry], root: Path, limits: Limits, workers: int
+) -> list[dict[str, Any]]:
+    """The rows of ``entries``, in order, read by ``workers`` threads of this process."""
+    with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda entry: read_entry(entry, root, limits), entries, chunksize=64))
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    """Worker processes started by a fork server (spawned where there is none), never forked
+    from the caller, which may run threads (Prefect); the server imports this module once."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # no effect once the server runs
+    return context
+
+
+def _read_in_processes(
+    entries: list[_Entry], root: Path, limits: Limits, workers: int
+) -> list[dict[str, Any]]:
+    """The rows of ``entries``, in order, read by ``workers`` processes in chunks of
+    :data:`PROCESS_CHUNK`. A worker that dies (a crash in a decoder, killed for memory) costs
+    no row: from the first chunk not returned on, the rest is read by threads."""
+    chunks = [entries[i : i + PROCESS_CHUNK] for i in range(0, len(entries), PROCESS_CHUNK)]
+    rows: list[dict[str, Any]] = []
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context()) as pool:
+            pillow = _pillow_settings()
+            futures = [pool.submit(_read_chunk, chunk, root, limits, pillow) for chunk in chunks]
+            for future in futures:
+                rows += future.result()
+    except BrokenProcessPool:
+        rows += _read_in_threads(entries[len(rows) :], root, limits, workers)
+    return rows
+
+
+def _read_entries(
+    entries: list[_Entry], root: Path, limits: Limits, workers: int | None = None
+) -> list[dict[str, Any]]:
+    """The rows of ``entries``, in order: in worker processes from :data:`PROCESS_MIN_FILES`
+    files on (with more than one core and one worker), else in threads."""
+    cores = os.cpu_count() or 1
+    workers = workers or min(MAX_DECODE_THREADS, cores)
+    if len(entries) >= PROCESS_MIN_FILES and cores > 1 and workers > 1:
+        return _read_in_processes(entries, root, limits, min(workers, cores))
+    return _read_in_threads(entries, root, limits, workers)
+
+
 def scan(
     root: Path,
     workers: int | None = None,
@@ -340,6 +415,13 @@ def scan(
 ) -> tuple[pd.DataFrame, Layout]:
     """Build the manifest of ``root`` in parallel; rows are sorted by path, which stays each
     file's own relative path (``validation/cat/1.jpg``, in split ``val``).
+
+    Files are read by ``workers`` threads (default: the cores, at most
+    :data:`MAX_DECODE_THREADS`), or by as many worker processes when at least
+    :data:`PROCESS_MIN_FILES` files must be read: those are started by a fork server (never
+    forked from the caller's threads), which imports the caller's main script like any
+    ``spawn`` pool does, so a script that calls this at its top level needs the usual
+    ``if __name__ == "__main__":`` guard (without it, the workers die and threads read the files).
 
     ``limits``: what may be read (default: every supported format, the default size limits);
     ``split_names``: see :func:`detect_layout`; ``tracked``: the data's files (relative path
@@ -356,15 +438,18 @@ def scan(
     known = load_rows(cache) if cache is not None else {}
     md5s = tracked or {}
 
-    def row_of(entry: _Entry) -> dict[str, Any]:
+    def cached(entry: _Entry) -> dict[str, Any] | None:
         md5 = md5s.get(entry.raw) if not entry.name_error else None
         if md5 in known and not entry.abspath.is_symlink():
             return {**_path_columns(entry), **known[md5]}
-        return read_entry(entry, root, limits)
+        return None
 
-    workers = workers or min(MAX_DECODE_THREADS, os.cpu_count() or 1)
-    with strict_decoding(), ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(pool.map(row_of, entries, chunksize=64))
+    found = [cached(entry) for entry in entries]
+    unread = [i for i, row in enumerate(found) if row is None]
+    read = _read_entries([entries[i] for i in unread], root, limits, workers)
+    for i, row in zip(unread, read, strict=True):
+        found[i] = row
+    rows = [row for row in found if row is not None]
     if cache is not None and md5s:
         _remember(cache, known, rows, entries, md5s)
     frame = pd.DataFrame(rows, columns=COLUMNS)

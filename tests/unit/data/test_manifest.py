@@ -9,6 +9,7 @@ import struct
 import unicodedata
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,52 @@ def test_a_png_with_a_wrong_chunk_crc_is_not_decodable_though_its_pixels_load() 
     row = _decode(bytes(png))
     assert row["decodable"] is False and row["format"] == "PNG"
     assert row["error"].startswith("cannot decode: ")
+
+
+# --- many files to read: worker processes, the very rows of the threads ---------------------
+
+
+def many_files(root: Path) -> Path:
+    """48 files: PNG and JPEG in three modes and sizes, a large JPEG, and odd ones (a truncated
+    JPEG, a text file, an empty file, a link inside the folder, an unsafe name)."""
+    make_folder(root)
+    for i in range(36):
+        mode, fmt = (("RGB", "PNG"), ("L", "JPEG"), ("RGB", "JPEG"))[i % 3]
+        save(root / "train" / "ab"[i % 2] / f"{i:02d}.{fmt.lower()}", mode, fmt, 100 + i)
+    (root / "val" / "a" / "big.jpg").write_bytes(_jpeg((800, 600)))
+    (root / "val" / "a" / "cut.jpg").write_bytes(_jpeg((800, 600))[:5000])
+    (root / "val" / "b" / "notes.png").write_bytes(b"not an image\n")
+    (root / "val" / "b" / "empty.png").write_bytes(b"")
+    (root / "test" / "a" / "link.png").symlink_to("z.png")
+    (root / "test" / "a" / "two\nlines.png").write_bytes(_png(seed=7))
+    return root
+
+
+def _dies_on_the_second_chunk(entries: list[Any], *args: Any) -> list[Any]:
+    """A worker that dies (as on a crash in a decoder) on the chunk holding ``train/a/08``."""
+    from tlops.data import manifest
+
+    if any(entry.relpath.startswith("train/a/08.") for entry in entries):
+        os._exit(70)
+    return manifest._read_chunk(entries, *args)
+
+
+def test_many_files_are_read_by_processes_into_the_rows_of_the_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlops.data import manifest
+
+    root = many_files(tmp_path / "data")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000)  # the caller's, in the workers too
+    threads, _ = scan(root, workers=2)
+    assert len(threads) == 48 and threads["decodable"].sum() == 43
+    assert "too many pixels" in threads.set_index("path").loc["val/a/big.jpg", "error"]
+    monkeypatch.setattr(manifest, "PROCESS_MIN_FILES", 40)
+    monkeypatch.setattr(manifest, "PROCESS_CHUNK", 7)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    processes, _ = scan(root, workers=2)
+    pd.testing.assert_frame_equal(processes, threads)
+    # a worker that dies loses no row: from its chunk on, the scan reads with threads
+    monkeypatch.setattr(manifest, "_read_chunk", _dies_on_the_second_chunk)
+    survived, _ = scan(root, workers=2)
+    pd.testing.assert_frame_equal(survived, threads)
