@@ -10,10 +10,11 @@ MLFLOW_PORT ?= 5000
 
 .PHONY: setup demo test test-fast check format bench ui screenshots clean
 
-setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv, byte-compiled
+setup:  ## install the locked dependencies (EXTRA=cpu or EXTRA=gpu) into .venv, byte-compiled; an empty Prefect database for new Prefect homes
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --extra $(EXTRA) --compile-bytecode
+	$(BIN)/python -m flows.prefect_home
 
 demo: setup  ## the main job, offline: sample, DVC, pretrain, fine-tune, gate, register; vs scratch
 	$(BIN)/tlops sample --out data --if-missing

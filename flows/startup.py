@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.exit_codes import expected_failure
+from flows.prefect_home import seed
 from tlops.errors import ServiceError
 
 #: Defaults unless the environment says otherwise: offline-first (no usage analytics); time
@@ -138,6 +139,10 @@ class TemporaryAPI:
     """
 
     port: int = field(default_factory=_free_port)
+    #: environment values of the server besides this process's own
+    env: dict[str, str] = field(default_factory=dict)
+    #: a new Prefect home gets the empty database ``make setup`` built (:mod:`flows.prefect_home`)
+    seeded: bool = True
     process: subprocess.Popen[bytes] | None = None
     settings: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -153,7 +158,10 @@ class TemporaryAPI:
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
+            **self.env,
         }
+        if self.seeded:
+            seed(env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1",
