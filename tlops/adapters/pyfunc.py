@@ -151,6 +151,10 @@ def log_image_model(
 
     card = ModelCard.from_meta(meta)
     model = keras.models.load_model(keras_file, safe_mode=True)
+    side = model.inputs[0].shape[1]
+    if side != card.image_size:
+        raise ValueError(f"{keras_file}: the model takes {side} px images, its card says "
+                         f"{card.image_size}")  # fmt: skip
     example = pd.DataFrame({"image": [example_png(min(card.image_size, 32))]})
     output = answer(model, card, example)
     with service("log the model"), tempfile.TemporaryDirectory() as tmp:

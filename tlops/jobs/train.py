@@ -495,7 +495,6 @@ def record_run(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -
 
 def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> str:
     """What :func:`record_run` logs; returns the model URI (the LoggedModel's ``models:/``)."""
-    import keras
 
     from tlops.adapters import pyfunc
 
@@ -527,8 +526,7 @@ def _record(ctx: RunContext, trained: TrainSummary, evaluated: EvalSummary) -> s
             **{k: [Path(p) for p in v] for k, v in evaluated.artifacts.items()},
         },
     )
-    model = keras.models.load_model(trained.model_path, safe_mode=True)
-    size = int(model.inputs[0].shape[1])
+    size = cfg.data.image_size  # the model's input size: log_image_model checks it
     meta = {
         "classes": trained.classes,
         "binary": trained.binary,

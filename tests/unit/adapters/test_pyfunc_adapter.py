@@ -141,3 +141,17 @@ def test_a_tracking_uri_set_in_process_does_not_send_the_model_elsewhere(
         mlflow.set_tracking_uri(None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
     assert tracking.client().get_logged_model(model.model_id).source_run_id == run_id
+
+
+def test_a_card_that_names_another_image_size_logs_no_model(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    run_id = tracking.start_run(f"size-{uuid.uuid4().hex[:8]}", "train", {}, {})
+    meta = {"classes": CLASSES, "binary": False, "image_size": SIZE + 8, "backbone": "none"}
+    with pytest.raises(ValueError, match=rf"takes {SIZE} px images, its card says {SIZE + 8}"):
+        log_image_model(run_id, brightness_model(tmp_path / "m.keras"), meta)
+    tracking.finish_run(run_id, "FAILED")
+    experiment = MlflowClient().get_run(run_id).info.experiment_id
+    assert not MlflowClient().search_logged_models(experiment_ids=[experiment])
