@@ -139,11 +139,17 @@ def detect_layout(root: Path, split_names: Mapping[str, str] | None = None) -> L
     return Layout(True, classes, folders)
 
 
-def _entry(root: Path, abspath: Path, layout: Layout, walk_error: str = "") -> _Entry:
-    """The entry of one file (or unlistable folder) with its split and label from its folders."""
-    parts = abspath.relative_to(root).parts
+def _entry(
+    root: Path, abspath: Path, layout: Layout, walk_error: str = "", folder: Sequence[str] = ()
+) -> _Entry:
+    """The entry of one file (or unlistable folder) with its split and label from its folders.
+
+    ``folder``: the parts of its folder's path relative to ``root``, when the caller knows them
+    (a walk lists a whole folder: its path is cut into parts once, not once per file).
+    """
+    parts = (*folder, abspath.name) if folder else abspath.relative_to(root).parts
     problems = [p for p in map(name_problem, parts) if p is not None]
-    shown = [_shown(p) for p in parts]
+    shown = [_shown(p) for p in parts] if problems else list(parts)
     if layout.split_folders:
         split = layout.split_of(shown[0]) if len(parts) > 1 else ""
         label = shown[1] if len(parts) == 3 else ""
@@ -166,10 +172,12 @@ def _walk(root: Path, layout: Layout) -> Iterator[_Entry]:
         # symlinked directories are reported as entries, never followed
         linked = [d for d in dirnames if (Path(dirpath) / d).is_symlink()]
         dirnames[:] = [d for d in dirnames if d not in linked]
+        folder = Path(dirpath)
+        parts = folder.relative_to(root).parts
         for name in sorted(filenames) + linked:
             if name in IGNORED_NAMES:
                 continue
-            yield _entry(root, Path(dirpath) / name, layout)
+            yield _entry(root, folder / name, layout, folder=parts)
     for error in unlisted:
         folder = Path(os.fsdecode(error.filename or root))
         if folder != root and folder.is_relative_to(root):
