@@ -54,7 +54,8 @@ IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", ".gitignore", ".dvcignore",
 
 #: Files to read from which :func:`scan` reads them in worker processes, not threads: the
 #: interpreter lock keeps threads to about one core, and starting the workers costs about half a
-#: second (2 cores, 64x48 JPEGs: even at 1,000 files, 15 % faster at 2,000, 1.8x at 4,000).
+#: second (2 cores, 64x48 JPEGs: as fast as threads at 1,000 files, 15 % faster at 2,000, 1.8
+#: times as fast at 4,000).
 PROCESS_MIN_FILES = 2_000
 #: Files handed to a worker process at a time (their rows come back together).
 PROCESS_CHUNK = 256
@@ -387,7 +388,8 @@ def _read_in_processes(
 ) -> list[dict[str, Any]]:
     """The rows of ``entries``, in order, read by ``workers`` processes in chunks of
     :data:`PROCESS_CHUNK`. A worker that dies (a crash in a decoder, killed for memory) costs
-    no row: from the first chunk not returned on, the rest is read by threads."""
+    no row: from the first chunk not returned on, the rest is read by threads; so are all of
+    them where no process pool can be made (``OSError``: no shared-memory semaphores)."""
     chunks = [entries[i : i + PROCESS_CHUNK] for i in range(0, len(entries), PROCESS_CHUNK)]
     rows: list[dict[str, Any]] = []
     try:
@@ -396,7 +398,7 @@ def _read_in_processes(
             futures = [pool.submit(_read_chunk, chunk, root, limits, pillow) for chunk in chunks]
             for future in futures:
                 rows += future.result()
-    except BrokenProcessPool:
+    except (BrokenProcessPool, OSError):  # a file's own OSError, if any, recurs in the threads
         rows += _read_in_threads(entries[len(rows) :], root, limits, workers)
     return rows
 
@@ -406,6 +408,8 @@ def _read_entries(
 ) -> list[dict[str, Any]]:
     """The rows of ``entries``, in order: in worker processes from :data:`PROCESS_MIN_FILES`
     files on (with more than one core and one worker), else in threads."""
+    if not entries:  # all rows from the row cache
+        return []
     cores = os.cpu_count() or 1
     workers = workers or min(MAX_DECODE_THREADS, cores)
     if len(entries) >= PROCESS_MIN_FILES and cores > 1 and workers > 1:
@@ -429,7 +433,8 @@ def scan(
     :data:`PROCESS_MIN_FILES` files must be read: those are started by a fork server (never
     forked from the caller's threads), which imports the caller's main script like any
     ``spawn`` pool does, so a script that calls this at its top level needs the usual
-    ``if __name__ == "__main__":`` guard (without it, the workers die and threads read the files).
+    ``if __name__ == "__main__":`` guard (without it, the workers die with a traceback each, and
+    threads read the files).
 
     ``limits``: what may be read (default: every supported format, the default size limits);
     ``split_names``: see :func:`detect_layout`; ``tracked``: the data's files (relative path
