@@ -63,6 +63,7 @@ def seed(env: Mapping[str, str], template: Path | None = None) -> bool:
         copy = Path(name)
         try:
             copy.write_bytes(template.read_bytes())
+            copy.chmod(0o644)  # as Prefect makes it (mkstemp's copy is private)
             os.link(copy, home / DATABASE_FILE)
         finally:
             copy.unlink(missing_ok=True)
