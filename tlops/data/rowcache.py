@@ -23,8 +23,8 @@ import pandas as pd
 
 from tlops.paths import atomic_path
 
-#: Bumped whenever a content column is computed differently.
-ROW_CACHE_VERSION = 1
+#: Bumped whenever a content column is computed differently (2: JPEGs hashed from a draft decode).
+ROW_CACHE_VERSION = 2
 CONTENT_COLUMNS = (
     "format", "mode", "width", "height", "channels", "bit_depth", "bytes", "sha256",
     "decodable", "error", "phash",
