@@ -10,6 +10,7 @@ from PIL import Image
 
 from tlops.config import SplitConfig
 from tlops.data.inputs import (
+    UnreadableImageError,
     encode_labels,
     image_batches,
     load_image,
@@ -184,3 +185,28 @@ def test_read_split_opens_only_the_formats_the_manifest_found(tmp_path: Path) ->
     with pytest.raises(DataError, match="allowed formats PNG"):
         batches[0]
     assert train.formats == ("PNG",)
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth photo-like RGB image (colour blobs): what JPEG is made for."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def test_a_large_jpeg_decodes_from_a_draft_like_the_full_decode(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    _photo(1600, 1200).save(path, quality=90)
+    drafted = load_image(path, 96)
+    with Image.open(path) as img:
+        full = np.asarray(img.convert("RGB").resize((96, 96), Image.Resampling.BILINEAR))
+    assert drafted.shape == (96, 96, 3)
+    assert np.abs(drafted - full.astype(np.float32)).mean() < 2.0  # of 255 levels
+
+
+def test_a_truncated_large_jpeg_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jpg"
+    _photo(1600, 1200).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UnreadableImageError, match=r"cut\.jpg"):
+        load_image(path, 96)
