@@ -10,6 +10,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import SMOKE, commit_data, dvc, init_repo, run, tlops_cli, write_images
@@ -177,14 +178,28 @@ def link_outward(repo: Path, tmp_path: Path) -> Path:
 def test_outward_and_broken_links_fail_the_contract_before_copying(
     repo: Path, tmp_path: Path
 ) -> None:
-    # DVC's own links (cache.type: symlink) point into the DVC cache: they are accepted
+    # DVC's own links (cache.type: symlink) point into the DVC cache: accepted, and read in
+    # place through them (no copy of the data), the second scan from the row cache
+    from tlops.config import SplitConfig
+    from tlops.jobs.validate import version_manifest
+
     dvc("config", "cache.type", "symlink", cwd=repo)
     dvc("checkout", "-q", "--relink", cwd=repo)
     linked = sorted((repo / "data" / "train" / "cat").iterdir())
     assert all(p.is_symlink() for p in linked)
     version = resolve_data(DataConfig(repo=repo))
-    assert not any(p.is_symlink() for p in Path(version.path).rglob("*"))
+    assert version.in_place and version.path == str(repo / "data")
+    assert version.link_roots == (str((repo / ".dvc" / "cache").resolve()),)
+    assert not _cache_data(tmp_path).exists() or not any(_cache_data(tmp_path).iterdir())
     assert dir_md5(Path(version.path))[0] == version.md5
+    first = pd.read_parquet(
+        version_manifest(version, SplitConfig(), tmp_path / "m1", None).manifest_path
+    )
+    assert first["symlink"].all() and first["inside_root"].all() and first["decodable"].all()
+    again = pd.read_parquet(
+        version_manifest(version, SplitConfig(), tmp_path / "m2", None).manifest_path
+    )
+    pd.testing.assert_frame_equal(first, again)
     dvc("config", "cache.type", "copy", cwd=repo)
     dvc("checkout", "-q", "--relink", cwd=repo)
 

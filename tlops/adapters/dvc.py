@@ -3,8 +3,9 @@
 ``data.dvc`` is read at the requested revision or from the working tree. A working tree is
 hashed by DVC itself (:func:`worktree_hash`: ``.dvcignore`` applies, and DVC's state means
 unchanged files are not read again); when it matches its pointer it is read where it is, with
-its file list (relative path -> md5) beside the cache for the manifest. A revision (or a tree
-of links into DVC's cache) is materialized from the DVC cache or the remote into
+its file list (relative path -> md5) beside the cache for the manifest; so is a tree of DVC's
+own links into its cache (``cache.type: symlink``), whose links the manifest then follows into
+that cache only. A revision is materialized from the DVC cache or the remote into
 ``<cache>/data/<md5>/`` (written aside and renamed, so a half-copied folder is never used),
 and its md5 is checked against the pointer.
 
@@ -29,7 +30,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -196,18 +197,6 @@ def _worktree_rev(repo: Path, dvc_file: str) -> str:
         return _git(repo, "rev-parse", "HEAD").strip()
     except ServiceError:  # no commits yet, or not a git repo
         return WORKTREE
-
-
-def _copy_tree(source: Path, dest: Path, files: Iterable[str]) -> None:
-    """Copy the tracked ``files`` (relative paths) of ``source`` into ``dest`` (symlinks
-    followed, as DVC hashes them); files ``.dvcignore`` leaves out are not copied.
-
-    Only called after :func:`check_links` has refused links that leave the folder.
-    """
-    for relpath in files:
-        target = dest / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / relpath, target)
 
 
 @dataclass(frozen=True)
@@ -615,6 +604,7 @@ def resolve_data(
     out = read_pointer(repo, config.dvc_file, rev)
     data_path = str(Path(config.dvc_file).parent / out["path"])
     md5, dirty, in_place, listing = str(out["md5"]), False, False, ""
+    link_roots: tuple[str, ...] = ()
     nfiles, size = int(out.get("nfiles", 0)), int(out.get("size", 0))
     if rev is None:
         source = repo / data_path
@@ -625,7 +615,9 @@ def resolve_data(
                 f"data contract failed: inside_folder: {_show(data_path)} is a symlink to "
                 f"{_show(str(source.resolve()))}, outside the repository {_show(str(repo))}"
             )
-        linked = check_links(source, (_dvc_cache_dir(repo),))
+        dvc_cache = _dvc_cache_dir(repo)
+        if check_links(source, (dvc_cache,)):  # DVC's own links (cache.type: symlink)
+            link_roots = (str(dvc_cache),)
         tree = worktree_hash(repo, config.dvc_file, full)
         if tree.md5 != md5:
             if not config.allow_dirty:
@@ -636,13 +628,10 @@ def resolve_data(
                 )
             md5, nfiles, size, dirty = tree.md5, tree.nfiles, tree.size, True
         listing = str(write_listing(cache, tree))
-        if linked:  # links into DVC's cache: a copy of real files, as before
-            copy = lambda dest: _copy_tree(source, dest, tree.files)  # noqa: E731
-            path = _materialize(cache, md5, copy, full, tell)
-        else:  # read where it is: no second copy of the data
-            path, in_place = source, True
-            if (cache / "data").is_dir():  # what runs killed while materializing left
-                _clean_partials(cache, "", tell)
+        # read where it is (links into DVC's cache too): no second copy of the data
+        path, in_place = source, True
+        if (cache / "data").is_dir():  # what runs killed while materializing left
+            _clean_partials(cache, "", tell)
     else:
         fetch = lambda dest: _fetch_rev(repo, rev, data_path, dest)  # noqa: E731
         path = _materialize(cache, md5, fetch, full, tell)
@@ -658,6 +647,7 @@ def resolve_data(
         subdir=config.subdir,
         in_place=in_place,
         listing=listing,
+        link_roots=link_roots,
     )
     if config.subdir and not version.images_root.is_dir():
         raise ConfigError(f"data.subdir: {config.subdir!r} is not a folder of {data_path}")

@@ -79,11 +79,14 @@ class Layout:
 
 @dataclass(frozen=True)
 class Limits:
-    """What the scan may read: formats handed to Pillow, and the largest file and image."""
+    """What the scan may read: formats handed to Pillow, the largest file and image, and the
+    folders outside the data folder that its symlinks may point into (``link_roots``: DVC's
+    cache, whose ``cache.type: symlink`` checks files out as links into it)."""
 
     formats: tuple[str, ...] = SUPPORTED_FORMATS
     max_bytes: int = ContractConfig.model_fields["max_bytes"].default
     max_pixels: int = ContractConfig.model_fields["max_pixels"].default
+    link_roots: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, contract: ContractConfig) -> Limits:
@@ -188,6 +191,14 @@ def _walk(root: Path, layout: Layout) -> Iterator[_Entry]:
             raise DataError(f"{one_line(root)}: data folder cannot be listed: {error.strerror}")
 
 
+def _allowed_link(path: Path, root: Path, limits: Limits) -> bool:
+    """Whether the link ``path`` resolves inside ``root`` or one of ``limits.link_roots``.
+
+    Raises ``OSError`` / ``RuntimeError`` for a link that cannot be resolved (a loop).
+    """
+    return any(_inside(path, folder) for folder in (root, *map(Path, limits.link_roots)))
+
+
 def _inside(path: Path, root: Path) -> bool:
     """Whether ``path`` resolves to a location inside ``root``.
 
@@ -220,7 +231,7 @@ def read_entry(entry: _Entry, root: Path, limits: Limits | None = None) -> dict[
     row["symlink"] = entry.abspath.is_symlink()
     if row["symlink"]:
         try:
-            inside = _inside(entry.abspath, root)
+            inside = _allowed_link(entry.abspath, root, limits)
         except (OSError, RuntimeError):  # a loop, or a link too deep to resolve
             row["decodable"] = False
             row["error"] = "symlink loop (the link cannot be resolved); not read"
@@ -326,21 +337,23 @@ def _limit_key(limits: Limits) -> tuple[tuple[str, ...], int, int]:
     return tuple(limits.formats), limits.max_bytes, limits.max_pixels
 
 
-def _path_columns(entry: _Entry) -> dict[str, Any]:
-    """The columns of a row that come from where the file is, not from its bytes."""
+def _path_columns(entry: _Entry, symlink: bool) -> dict[str, Any]:
+    """The columns of a row that come from where the file is, not from its bytes (a file
+    inside the data folder, or a link into it or into one of the limits' ``link_roots``)."""
     return {"path": entry.relpath, "split": entry.split, "label": entry.label,
-            "symlink": False, "inside_root": True, "name_ok": True}  # fmt: skip
+            "symlink": symlink, "inside_root": True, "name_ok": True}  # fmt: skip
 
 
 def _remember(
     row_cache: Path, known: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
     entries: list[_Entry], md5s: Mapping[str, str],
 ) -> None:  # fmt: skip
-    """Add the content of the rows read now (regular files of known md5) to the cache."""
+    """Add the content of the rows read now (files, or links read through, of known md5) to
+    the cache."""
     added = 0
     for entry, row in zip(entries, rows, strict=True):
         md5 = md5s.get(entry.raw)
-        if md5 and md5 not in known and row["name_ok"] and not row["symlink"] and row["bytes"]:
+        if md5 and md5 not in known and row["name_ok"] and row["inside_root"] and row["bytes"]:
             known[md5] = {c: row.get(c) for c in CONTENT_COLUMNS}
             added += 1
     if added:
@@ -453,9 +466,16 @@ def scan(
 
     def cached(entry: _Entry) -> dict[str, Any] | None:
         md5 = md5s.get(entry.raw) if not entry.name_error else None
-        if md5 in known and not entry.abspath.is_symlink():
-            return {**_path_columns(entry), **known[md5]}
-        return None
+        if md5 not in known:
+            return None
+        link = entry.abspath.is_symlink()
+        if link:  # where it points is checked on every scan, never taken from the cache
+            try:
+                if not _allowed_link(entry.abspath, root, limits):
+                    return None
+            except (OSError, RuntimeError):
+                return None
+        return {**_path_columns(entry, link), **known[md5]}
 
     found = [cached(entry) for entry in entries]
     unread = [i for i, row in enumerate(found) if row is None]

@@ -29,6 +29,9 @@ class DataVersion(BaseModel):
     in_place: bool = False
     #: JSON of the tracked files (relative path -> md5) when known: what the manifest scans
     listing: str = ""
+    #: folders outside :attr:`path` that its symlinks may point into (DVC's cache, for
+    #: ``cache.type: symlink``), when read in place
+    link_roots: tuple[str, ...] = ()
 
     @property
     def images_root(self) -> Path:

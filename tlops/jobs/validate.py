@@ -9,6 +9,7 @@ report. Both return small pydantic values, which is what Prefect tasks pass arou
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,7 @@ def build_manifest(
     split_names: Mapping[str, str] | None = None,
     tracked: Mapping[str, str] | None = None,
     row_cache: Path | None = None,
+    link_roots: tuple[str, ...] = (),
 ) -> ManifestInfo:
     """Scan ``images_root`` into ``out_dir/manifest.{parquet,csv}`` and ``class_counts.parquet``.
 
@@ -67,14 +69,15 @@ def build_manifest(
     ``split_names``: folder names read as splits (``data.split_names``; default: validation
     and valid are val); ``tracked``: the data's files by relative path -> md5 (its DVC
     listing: files ``.dvcignore`` leaves out are not scanned); ``row_cache``: where rows of
-    files scanned before are kept by md5 (their bytes are not read again).
+    files scanned before are kept by md5 (their bytes are not read again); ``link_roots``:
+    folders outside ``images_root`` its symlinks may point into (DVC's cache).
 
     1. scan the files in parallel;
     2. assign splits by sha256 when the folder has none of its own; carve a test split out of
        val (or train) when it has train and val but no test (:func:`carve_test`);
     3. count images per split and class (empty class folders count as zero).
     """
-    limits = Limits.of(contract or ContractConfig())
+    limits = replace(Limits.of(contract or ContractConfig()), link_roots=link_roots)
     manifest, layout = scan(
         images_root, limits=limits, split_names=split_names, tracked=tracked,
         row_cache=row_cache,
@@ -110,10 +113,11 @@ def version_manifest(
     split_names: Mapping[str, str] | None = None,
 ) -> ManifestInfo:  # fmt: skip
     """:func:`build_manifest` of a resolved version: its tracked files only (its DVC listing),
-    with the rows of files scanned before taken from the cache by md5."""
+    with the rows of files scanned before taken from the cache by md5; its links may point
+    into DVC's cache when it is read in place."""
     return build_manifest(
         version.images_root, split, out_dir, contract, split_names, version.tracked_files(),
-        default_cache_root() / "manifest",
+        default_cache_root() / "manifest", version.link_roots,
     )  # fmt: skip
 
 
