@@ -148,20 +148,19 @@ def lay_out(source: Path, data: Path, per_class: int | None) -> Json:
 
 def near_copies(source: Path, frame: Any) -> set[str]:
     """The later split's file of every near-duplicate pair across splits (tlops' contract
-    refuses them, at its default distance): dropped, as exact duplicates are."""
-    from PIL import Image
-
+    refuses them, at its default distance): dropped, as exact duplicates are. The hashes are
+    the ones tlops' own manifest scan gives the files (JPEGs hashed from a draft decode)."""
     from tlops.config import ContractConfig
-    from tlops.data.near_duplicates import near_pairs, perceptual_hash
+    from tlops.data.manifest import scan
 
-    hashes = []
-    for rel in frame["path"]:
-        with Image.open(source / rel) as img:
-            hashes.append(perceptual_hash(img))
-    frame = frame.assign(phash=hashes)
     distance = ContractConfig().near_duplicate_distance
     if distance is None:
         return set()
+    from tlops.data.near_duplicates import near_pairs
+
+    scanned, _ = scan(source)
+    hashes = dict(zip(scanned["path"], scanned["phash"], strict=True))
+    frame = frame.assign(phash=[hashes[rel] for rel in frame["path"]])
     return set(near_pairs(frame, distance, ("train", "val", "test"))["path"])
 
 
