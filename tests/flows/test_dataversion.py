@@ -205,3 +205,39 @@ def test_a_tree_read_in_place_that_changes_during_the_run_is_refused(
     )
     with pytest.raises(DataError, match="changed during the run"):
         check_unchanged(config, version)
+
+
+def test_dvcs_answer_for_an_unchanged_tree_is_kept_and_any_change_asks_dvc_again(
+    two_versions: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stat memo of a tree (tlops.adapters.dvc.worktree_hash): DVC's walk is skipped only
+    for a tree whose every file has the stat it had, under the same pointer, config and
+    ignore files; --verify never uses it."""
+    from tlops.adapters import dvc as adapter
+
+    repo, _ = two_versions
+    cache, config = tmp_path / "cache", DataConfig(repo=repo)
+    first = resolve_data(config, cache_root=cache)
+    assert len(list((cache / "worktrees").glob("*.json"))) == 1
+    asked: list[object] = []
+    real = adapter._dvc_hash
+
+    def counted(*args: object) -> adapter.TreeHash:
+        asked.append(args)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(adapter, "_dvc_hash", counted)
+    assert resolve_data(config, cache_root=cache).md5 == first.md5
+    assert not asked  # unchanged: from the memo
+    victim = next((repo / "data" / "train" / "cat").glob("*.png"))
+    original = victim.read_bytes()
+    victim.write_bytes(next((repo / "data" / "train" / "dog").glob("*.png")).read_bytes())
+    with pytest.raises(DataError, match=r"does not match data\.dvc"):
+        resolve_data(config, cache_root=cache)
+    assert len(asked) == 1  # changed: DVC hashed it
+    victim.write_bytes(original)  # the same bytes again, a newer mtime: DVC says it matches
+    assert resolve_data(config, cache_root=cache).md5 == first.md5 and len(asked) == 2
+    (repo / ".dvcignore").write_text("*.tmp\n", encoding="utf-8")  # another ignore rule
+    assert resolve_data(config, cache_root=cache).md5 == first.md5 and len(asked) == 3
+    resolve_data(config, cache_root=cache, verify=True)
+    assert len(asked) == 4  # --verify reads every byte, never the memo

@@ -18,6 +18,7 @@ replaced when it fails. Partial folders of runs that were killed are removed by 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import hashlib
@@ -210,11 +211,33 @@ class TreeHash:
     files: dict[str, str]
 
 
-def worktree_hash(repo: Path, dvc_file: str, full: bool = False) -> TreeHash:
+def worktree_hash(
+    repo: Path, dvc_file: str, full: bool = False, memo: Path | None = None
+) -> TreeHash:
     """Hash the folder ``dvc_file`` tracks with DVC's own machinery, as ``dvc status`` does:
     ``.dvcignore`` applies, and DVC's state database (inode, mtime, size -> md5) means files
     unchanged since they were last hashed (by ``dvc add``, ``dvc status`` or an earlier run)
-    are not read again; ``full`` reads every file (a change that kept size and mtime)."""
+    are not read again; ``full`` reads every file (a change that kept size and mtime).
+
+    ``memo``: a folder where DVC's answer is kept with the stat of every file of a tree
+    without links (:func:`_tree_stats`) and what else decides it (:func:`_memo_key`); a later
+    call whose tree stats the same takes the answer from there: DVC's own walk, ignore
+    matching and state lookups cost about 4.5 s for 100,000 files, the stat walk about 1 s.
+    """
+    folder = None if full or memo is None else _tracked_folder(repo, dvc_file)
+    stats = None if folder is None else _tree_stats(folder)
+    if memo is None or folder is None or stats is None:
+        return _dvc_hash(repo, dvc_file, full)
+    memo_file, key = _memo_file(memo, repo, dvc_file), _memo_key(repo, dvc_file, folder)
+    if (known := _recall(memo_file, key, stats)) is not None:
+        return known
+    tree = _dvc_hash(repo, dvc_file, full)
+    _remember_tree(memo_file, key, stats, tree)
+    return tree
+
+
+def _dvc_hash(repo: Path, dvc_file: str, full: bool) -> TreeHash:
+    """:func:`worktree_hash` by DVC itself (``dvc_data``'s ``build``, a dry run)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
     from dvc_data.hashfile.build import build
@@ -241,6 +264,79 @@ def worktree_hash(repo: Path, dvc_file: str, full: bool = False) -> TreeHash:
         raise DataError(f"{where}: DVC tracks a file there, not a folder")
     files = {"/".join(key): str(hi.value) for key, _, hi in obj}
     return TreeHash(str(obj.hash_info.value), int(meta.nfiles or 0), int(meta.size or 0), files)
+
+
+def _tracked_folder(repo: Path, dvc_file: str) -> Path | None:
+    """The folder the working tree's ``dvc_file`` tracks; None if it cannot be read."""
+    try:
+        return repo / Path(dvc_file).parent / str(read_pointer(repo, dvc_file, None)["path"])
+    except DataError:
+        return None
+
+
+def _tree_stats(folder: Path) -> dict[str, list[int]] | None:
+    """(size, mtime in ns, inode) of every file under ``folder``, ignored ones too, by
+    relative path; None when it holds a link (what a link points to is not in its own stat)
+    or cannot be read, or is not a folder."""
+    stats: dict[str, list[int]] = {}
+    problems: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=problems.append):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)  # noqa: PTH118 (100,000 strings, not Paths)
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return None
+            if stat.S_ISLNK(info.st_mode):
+                return None
+            if stat.S_ISREG(info.st_mode):
+                stats[os.path.relpath(path, folder)] = [info.st_size, info.st_mtime_ns, info.st_ino]
+    return None if problems or not folder.is_dir() else stats
+
+
+def _memo_file(memo: Path, repo: Path, dvc_file: str) -> Path:
+    """The memo of one tracked folder (one file per repository and pointer)."""
+    name = hashlib.sha256(f"{repo.resolve()}\0{dvc_file}".encode()).hexdigest()[:32]
+    return memo / f"{name}.json"
+
+
+def _memo_key(repo: Path, dvc_file: str, folder: Path) -> str:
+    """sha256 of what decides DVC's answer besides the files: DVC's version, the pointer,
+    the DVC config and every ``.dvcignore`` from the repository down to ``folder`` (those
+    inside it are files of its stats)."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(version("dvc").encode())
+    parts = [repo / dvc_file, repo / ".dvc" / "config", repo / ".dvc" / "config.local"]
+    parts += [d / ".dvcignore" for d in folder.parents if _within(d, repo)]
+    for part in parts:
+        digest.update(str(part).encode())
+        with contextlib.suppress(OSError):
+            digest.update(part.read_bytes())
+    return digest.hexdigest()
+
+
+def _recall(memo_file: Path, key: str, stats: dict[str, list[int]]) -> TreeHash | None:
+    """The tree kept in ``memo_file`` when it was kept for these stats and key."""
+    try:
+        kept = json.loads(memo_file.read_text(encoding="utf-8"))
+        if kept["key"] != key or kept["stats"] != stats:
+            return None
+        return TreeHash(str(kept["md5"]), int(kept["nfiles"]), int(kept["size"]), kept["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_tree(memo_file: Path, key: str, stats: dict[str, list[int]], tree: TreeHash) -> None:
+    """Keep DVC's answer for these stats (taken before DVC hashed: a file changed meanwhile
+    has newer stats, so the memo is not used for it); a memo that cannot be written costs a
+    DVC walk next time."""
+    record = {"key": key, "stats": stats, "md5": tree.md5, "nfiles": tree.nfiles,
+              "size": tree.size, "files": tree.files}  # fmt: skip
+    with contextlib.suppress(OSError):
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(memo_file) as tmp:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
 
 
 def write_listing(cache: Path, tree: TreeHash) -> Path:
@@ -618,7 +714,7 @@ def resolve_data(
         dvc_cache = _dvc_cache_dir(repo)
         if check_links(source, (dvc_cache,)):  # DVC's own links (cache.type: symlink)
             link_roots = (str(dvc_cache),)
-        tree = worktree_hash(repo, config.dvc_file, full)
+        tree = worktree_hash(repo, config.dvc_file, full, cache / "worktrees")
         if tree.md5 != md5:
             if not config.allow_dirty:
                 raise DataError(
@@ -661,7 +757,8 @@ def check_unchanged(config: DataConfig, version: DataVersion) -> None:
     unchanged files (DVC's state); a materialized copy is read-only and sealed, never checked."""
     if not version.in_place:
         return
-    now = worktree_hash(config.repo.resolve(), config.dvc_file)
+    memo = default_cache_root() / "worktrees"
+    now = worktree_hash(config.repo.resolve(), config.dvc_file, memo=memo)
     if now.md5 != version.md5:
         raise DataError(
             f"{_show(version.path)} changed during the run (md5 {now.md5}, was {version.md5}): "
