@@ -276,7 +276,7 @@ class Checkpoints:
 
     def weights(self, name: str, kind: str) -> Path:
         """Path of a phase's ``latest`` or ``best`` weights."""
-        return self.folder / f"{name}-{kind}.weights.h5"
+        return self.folder / f"{name}-{kind}.weights.npz"
 
     def save(self) -> None:
         """Persist the state."""
