@@ -111,12 +111,18 @@ def _backup(source: Path, dest: Path) -> None:
 
 
 def main() -> None:
-    """``python -m flows.prefect_home``: build the template unless it is there already."""
+    """``python -m flows.prefect_home``: build the template unless it is there already. A
+    template that cannot be built is said in one line and is not an error: without it, a new
+    Prefect home migrates its database as Prefect always does."""
     path = template_path()
     if path.is_file():
         print(f"prefect database template: {path} (there already)")
         return
-    print(f"prefect database template: {build(path)}")
+    try:
+        print(f"prefect database template: {build(path)}")
+    except Exception as exc:  # setup goes on; only the speed-up is lost
+        print(f"prefect database template: not built ({type(exc).__name__}: {exc}); new "
+              "Prefect homes run Prefect's migrations")  # fmt: skip
 
 
 if __name__ == "__main__":
