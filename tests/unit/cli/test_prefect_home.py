@@ -55,3 +55,17 @@ def test_a_home_that_cannot_be_written_is_left_to_prefect(template: Path, tmp_pa
     blocked = tmp_path / "file"
     blocked.write_text("a file where the home's folder would go")
     assert not seed({"PREFECT_HOME": str(blocked / "home")}, template)
+
+
+def test_a_template_that_cannot_be_built_is_one_line_not_a_failed_setup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import flows.prefect_home as home
+
+    target = tmp_path / "file" / "prefect.db"
+    (tmp_path / "file").write_text("a file where the template's folder would go")
+    monkeypatch.setattr(home, "template_path", lambda: target)
+    home.main()  # returns: setup goes on
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("prefect database template: not built (")
+    assert not target.exists()
