@@ -152,12 +152,11 @@ def near_copies(source: Path, frame: Any) -> set[str]:
     the ones tlops' own manifest scan gives the files (JPEGs hashed from a draft decode)."""
     from tlops.config import ContractConfig
     from tlops.data.manifest import scan
+    from tlops.data.near_duplicates import near_pairs
 
     distance = ContractConfig().near_duplicate_distance
     if distance is None:
         return set()
-    from tlops.data.near_duplicates import near_pairs
-
     scanned, _ = scan(source)
     hashes = dict(zip(scanned["path"], scanned["phash"], strict=True))
     frame = frame.assign(phash=[hashes[rel] for rel in frame["path"]])

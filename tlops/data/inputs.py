@@ -170,6 +170,14 @@ def decode_image(
     return _decode(io.BytesIO(data), name, size, formats, max_pixels)
 
 
+def draft_jpeg(img: Image.Image, side: int) -> None:
+    """Before an opened JPEG is loaded: let libjpeg decode it at the smallest of 1/2, 1/4 or
+    1/8 scale that keeps both sides at least ``side`` (Pillow's ``draft``, DCT scaling; the
+    mode is kept). All of its data is still read, so a corrupt file fails as at full scale."""
+    if img.format == "JPEG":
+        img.draft(None, (side, side))
+
+
 def _decode(
     source: str | Path | IO[bytes],
     name: str | Path,
@@ -186,8 +194,7 @@ def _decode(
     """
     try:
         with open_image(source, formats, max_pixels) as img:
-            if img.format == "JPEG":
-                img.draft(None, (size, size))
+            draft_jpeg(img, size)
             rgb = to_rgb(img)
     except FileNotFoundError:
         raise UnreadableImageError(name, "not found") from None

@@ -35,6 +35,7 @@ from tlops.data.inputs import (
     MAX_DECODE_THREADS,
     SUPPORTED_FORMATS,
     check_pixels,
+    draft_jpeg,
     identify_image,
     open_image,
     strict_decoding,
@@ -267,20 +268,12 @@ def _read_file(path: Path, limits: Limits) -> dict[str, Any]:
     return out
 
 
-def _draft(img: Image.Image) -> None:
-    """Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling) while its short side
-    stays at least :data:`HASH_INPUT_SIDE`: the perceptual hash looks at no more. The mode is
-    kept, and the whole entropy-coded data is still read, so a truncated or broken file fails
-    as it does at full scale."""
-    if img.format == "JPEG" and min(img.size) >= 2 * HASH_INPUT_SIDE:
-        img.draft(img.mode, (HASH_INPUT_SIDE, HASH_INPUT_SIDE))
-
-
 def _content(img: Image.Image) -> dict[str, Any]:
-    """Decode every pixel of an opened image (a large JPEG at a reduced scale, see
-    :func:`_draft`); its channel count and perceptual hash. Raises one of
-    :data:`DECODE_ERRORS` for pixels that cannot be decoded."""
-    _draft(img)
+    """Decode every pixel of an opened image (a large JPEG at a reduced scale that keeps
+    :data:`HASH_INPUT_SIDE`, all the perceptual hash looks at: :func:`draft_jpeg`); its channel
+    count and perceptual hash. Raises one of :data:`DECODE_ERRORS` for pixels that cannot be
+    decoded."""
+    draft_jpeg(img, HASH_INPUT_SIDE)
     img.load()
     return {"channels": len(img.getbands()), "phash": perceptual_hash(img)}
 
