@@ -120,11 +120,11 @@ def main() -> None:
         return
     import keras
 
-    from tlops.model.runtime import _gpu_names, _versions
+    from tlops.model.runtime import _versions, gpu_names
 
     report: dict[str, Any] = {
         "backend": keras.backend.backend(),
-        "gpus": _gpu_names(),
+        "gpus": gpu_names(),
         "versions": _versions(),
         "data": "flowers128, stratified by sha256 (seed 0): train 65%, val 15%, test 20%",
         "settings": {k: v for k, v in vars(args).items() if k not in {"out", "variant"}},

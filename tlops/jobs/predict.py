@@ -22,7 +22,8 @@ from tlops.data.inputs import UnreadableImageError, load_image, strict_decoding
 from tlops.safetext import one_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-CHUNK = 64
+#: Images decoded and predicted together (in batches of the served model's size).
+CHUNK = 256
 
 
 class Prediction(BaseModel):
@@ -50,7 +51,8 @@ def predict_files(model_uri: str, paths: list[Path], top_k: int) -> list[Predict
     """Top-k classes for every image under ``paths`` with the model at ``model_uri``."""
     import keras
 
-    from tlops.model.classifier import probabilities
+    from tlops.adapters.pyfunc import SERVE_BATCH
+    from tlops.model.classifier import predict_batches, probabilities
 
     info = registry.resolve(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +74,8 @@ def predict_files(model_uri: str, paths: list[Path], top_k: int) -> list[Predict
     for start in range(0, len(good), CHUNK):
         chunk = good[start : start + CHUNK]
         batch = np.stack([image for _, image in chunk])
-        probs = probabilities(np.asarray(model.predict_on_batch(batch)), bool(meta["binary"]))
+        # the served model's forward passes: the same function, the same batch shape
+        probs = probabilities(predict_batches(model, batch, SERVE_BATCH), bool(meta["binary"]))
         for (i, _), p in zip(chunk, probs, strict=True):
             order = np.argsort(-p)[: min(top_k, len(classes))]
             rows[i] = Prediction(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import numpy as np
 from tlops.backbones import BackboneSpec
 from tlops.config import AugmentConfig, HeadConfig
 from tlops.errors import ConfigError, ServiceError
+from tlops.model.forward import forward
 
 #: Preprocess modes (see :mod:`tlops.backbones`).
 PREPROCESS_MODES: tuple[str, ...] = ("tf", "caffe", "torch", "included", "unit")
@@ -424,20 +426,23 @@ def count_params(model: Any) -> tuple[int, int]:
 def predict_batches(model: Any, images: np.ndarray, batch: int) -> np.ndarray:
     """``model``'s output for ``images``, through ``predict_on_batch`` in batches of ``batch``
     (the last one padded): one compiled shape, the one latency timing and serving use, and
-    no dataset built around an in-memory array (``model.predict``'s first-call cost)."""
+    no dataset built around an in-memory array (``model.predict``'s first-call cost). Several
+    batches run at once on a CPU (:func:`tlops.model.forward.forward`)."""
     batch = max(1, min(batch, len(images)))
-    out = []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        short = batch - len(chunk)
-        if short:
-            chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
-        values = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(chunk)))
-        out.append(values[: batch - short])
-    if not out:  # no images: the output's shape, from one blank image
+    if not len(images):  # no images: the output's shape, from one blank image
         blank = np.zeros((1, *images.shape[1:]), images.dtype)
         return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(blank)))[:0]
-    return np.concatenate(out)
+
+    def padded() -> Iterator[np.ndarray]:
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            short = batch - len(chunk)
+            if short:
+                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+            yield chunk
+
+    out = list(forward(model, padded()))
+    return np.concatenate(out)[: len(images)]
 
 
 def probabilities(output: np.ndarray, binary: bool) -> np.ndarray:

@@ -36,7 +36,7 @@ class Runtime:
         }
 
 
-def _gpu_names() -> list[str]:
+def gpu_names() -> list[str]:
     """Names of the visible GPUs, for the active backend."""
     import keras
 
@@ -94,7 +94,7 @@ def configure(train: TrainConfig) -> Runtime:
         tf.config.experimental.enable_op_determinism()
     policy = "float32" if train.mixed_precision == "off" else f"mixed_{train.mixed_precision}"
     keras.mixed_precision.set_global_policy(policy)
-    gpus = _gpu_names()
+    gpus = gpu_names()
     multi = backend == "tensorflow" and len(gpus) > 1
     return Runtime(
         backend=backend,

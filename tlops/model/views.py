@@ -32,6 +32,7 @@ import numpy as np
 from tlops.config import AugmentConfig
 from tlops.data.inputs import SplitData, make_dataset
 from tlops.model.classifier import augmentation
+from tlops.model.forward import forward
 
 #: Each view's augmentation layers are seeded with ``seed + VIEW_SEED_STRIDE * view``.
 VIEW_SEED_STRIDE = 1009
@@ -74,12 +75,12 @@ def _images(data: SplitData, size: int, batch: int, binary: bool) -> Iterable[An
 
 def _fill(out: np.ndarray, model: Any, batches: Iterable[Any], augmenter: Any | None) -> None:
     """Write ``model``'s output for every batch (augmented first when ``augmenter``) into
-    ``out``, row after row."""
+    ``out``, row after row; batches are augmented in order, in this thread, while earlier
+    batches' forward passes run (:func:`tlops.model.forward.forward`)."""
+    if augmenter is not None:
+        batches = (augmenter(images, training=True) for images in batches)
     row = 0
-    for images in batches:
-        if augmenter is not None:
-            images = augmenter(images, training=True)
-        values = keras.ops.convert_to_numpy(model.predict_on_batch(images))
+    for values in forward(model, batches):
         out[row : row + len(values)] = values.astype(STORE_DTYPE)
         row += len(values)
     if row != len(out):
@@ -193,11 +194,14 @@ def cached_store(
 
 def _map_rows(out: np.ndarray, model: Any, source: np.ndarray, batch: int) -> None:
     """``out[i] = model(source[i])``, batch after batch (float32 in, float16 stored)."""
-    for start in range(0, len(source), batch):
-        chunk = np.asarray(source[start : start + batch], dtype=np.float32)
-        out[start : start + len(chunk)] = keras.ops.convert_to_numpy(
-            model.predict_on_batch(chunk)
-        ).astype(STORE_DTYPE)
+    chunks = (
+        np.asarray(source[start : start + batch], dtype=np.float32)
+        for start in range(0, len(source), batch)
+    )
+    start = 0
+    for values in forward(model, chunks):
+        out[start : start + len(values)] = values.astype(STORE_DTYPE)
+        start += len(values)
 
 
 def derived_store(
