@@ -9,7 +9,9 @@ serving.
 
 :func:`log_image_model` logs it as a LoggedModel of a run (the experiment's Models tab,
 ``search_logged_models``, a ``model_id`` that registered versions carry), with the Keras
-model and ``tlops.json`` as its artifacts, a signature and a real small image as input example.
+model and ``tlops.json`` as its artifacts, a signature and a real small image as input example,
+and the ``tlops`` package itself as its code (``code_paths``): the model needs only its pip
+requirements (Keras, its backend, Pillow, MLflow) to be served.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ KERAS_ARTIFACT = "keras_model"
 META_ARTIFACT = "tlops"
 #: Batch size of the served model's forward passes.
 SERVE_BATCH = 32
+#: Distributions the served model imports beyond Keras and its backend, pinned as installed:
+#: Pillow decodes the requests exactly as it decoded the training images.
+SERVE_PACKAGES = ("pillow",)
+
+
+def code_root() -> Path:
+    """The ``tlops`` package folder, logged with every image model as its code: the served
+    model decodes with the code that trained it, and loads where tlops is not installed."""
+    import tlops
+
+    return Path(tlops.__file__).resolve().parent
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
@@ -167,7 +180,8 @@ def log_image_model(
                 python_model=ImageClassifier(),
                 artifacts={KERAS_ARTIFACT: str(keras_file), META_ARTIFACT: str(meta_file)},
                 signature=signature(example, output), input_example=example,
-                pip_requirements=model_requirements(keras.backend.backend()),
+                pip_requirements=model_requirements(keras.backend.backend(), SERVE_PACKAGES),
+                code_paths=[str(code_root())],
                 validate_serving_input=False,
             )  # fmt: skip
     return LoggedImageModel(model_id=str(info.model_id), uri=f"models:/{info.model_id}")

@@ -6,6 +6,7 @@ The default store is ``sqlite:///mlflow/mlflow.db`` with artifacts under ``mlflo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -365,9 +366,9 @@ BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def model_requirements(backend: str) -> list[str]:
-    """The pip requirements of a logged Keras model: Keras and its backend, pinned to the
-    versions installed here.
+def model_requirements(backend: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The pip requirements of a logged Keras model: Keras and its backend, and the
+    distributions named in ``extra`` (those installed), pinned to the versions installed here.
 
     Given to MLflow explicitly, so it skips its own inference (a subprocess that imports
     TensorFlow again: about 30 s of every training run on a 2-core machine).
@@ -381,6 +382,9 @@ def model_requirements(backend: str) -> list[str]:
         except metadata.PackageNotFoundError:
             continue
         break
+    for package in extra:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            pins.append(f"{package}=={metadata.version(package)}")
     return pins
 
 

@@ -155,3 +155,47 @@ def test_a_card_that_names_another_image_size_logs_no_model(
     tracking.finish_run(run_id, "FAILED")
     experiment = MlflowClient().get_run(run_id).info.experiment_id
     assert not MlflowClient().search_logged_models(experiment_ids=[experiment])
+
+
+#: Loads a downloaded image model where ``tlops`` is not installed: ``python -S`` processes
+#: no ``.pth`` file, so the editable install of tlops is not on the path, and the
+#: site-packages folders are added by hand.
+_NO_TLOPS = """
+import importlib.util, json, sys
+sys.path[:] = [p for p in sys.path if p] + json.loads(sys.argv[2])
+assert importlib.util.find_spec("tlops") is None, "tlops is importable"
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+images = [bytes.fromhex(h) for h in json.loads(sys.argv[3])]
+answer = model.predict(pd.DataFrame({"image": images}))
+import tlops
+print(json.dumps({"labels": list(answer["label"]), "code": tlops.__file__}))
+"""
+
+
+def test_the_model_carries_its_code_and_pins_pillow_so_it_loads_without_tlops(
+    logged: tuple[str, str], store: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import sysconfig
+    from importlib import metadata
+
+    import mlflow.artifacts
+
+    local = Path(
+        mlflow.artifacts.download_artifacts(f"models:/{logged[1]}", dst_path=str(tmp_path))
+    )
+    assert (local / "code" / "tlops" / "model" / "serving.py").is_file()
+    requirements = (local / "requirements.txt").read_text().split()
+    assert f"pillow=={metadata.version('pillow')}" in requirements
+    site = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    images = json.dumps([png(250).hex(), png(5, "L").hex()])
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _NO_TLOPS, str(local), json.dumps(site), images],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["labels"] == ["bright", "dark"]
+    assert Path(result["code"]).resolve().is_relative_to((local / "code").resolve())
