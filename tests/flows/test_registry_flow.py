@@ -185,7 +185,12 @@ def test_concurrent_candidates_never_both_become_champion(
     ]
     outputs = [p.communicate(timeout=900) for p in procs]
     codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 4], outputs
+    # each process's exit code and the end of its output, untruncated: a failure names its cause
+    ends = [
+        f"exit {p.returncode}:\n{out[-1500:]}\n{err[-4000:]}"
+        for p, (out, err) in zip(procs, outputs, strict=True)
+    ]
+    assert codes == [0, 4], "\n\n".join(ends)
     client = MlflowClient(tracked)
     (version,) = client.search_model_versions(f"name='{name}'")
     assert client.get_model_version_by_alias(name, "champion").version == version.version
