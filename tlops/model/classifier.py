@@ -431,7 +431,7 @@ def predict_batches(model: Any, images: np.ndarray, batch: int) -> np.ndarray:
     batch = max(1, min(batch, len(images)))
     if not len(images):  # no images: the output's shape, from one blank image
         blank = np.zeros((1, *images.shape[1:]), images.dtype)
-        return np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(blank)))[:0]
+        return next(forward(model, [blank]))[:0]
 
     def padded() -> Iterator[np.ndarray]:
         for start in range(0, len(images), batch):

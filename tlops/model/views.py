@@ -198,10 +198,7 @@ def _map_rows(out: np.ndarray, model: Any, source: np.ndarray, batch: int) -> No
         np.asarray(source[start : start + batch], dtype=np.float32)
         for start in range(0, len(source), batch)
     )
-    start = 0
-    for values in forward(model, chunks):
-        out[start : start + len(values)] = values.astype(STORE_DTYPE)
-        start += len(values)
+    _fill(out, model, chunks, None)
 
 
 def derived_store(
